@@ -1,0 +1,321 @@
+//! Typed settings, loaded in layers: built-in defaults, then a TOML file (`EYE_CONFIG`, else
+//! `eye.toml` in the working directory if present), then environment variables prefixed `EYE__`
+//! with `__` between levels (`EYE__INGEST__PORT=50051`), then `DATABASE_URL`.
+
+use std::path::PathBuf;
+
+use config::{Config, Environment, File};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Settings could not be loaded or make no sense.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot load settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid setting {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Every setting of every Eye binary. Each binary reads the sections it needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub ingest: IngestSettings,
+    pub query: QuerySettings,
+    pub validator: ValidatorSettings,
+    pub writer: WriterSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseSettings {
+    /// `postgres://...`; set with `DATABASE_URL` (or `EYE__DATABASE__URL`).
+    pub url: Option<SecretString>,
+    /// Pool size per process. Small pools beat big ones: Postgres does best with about
+    /// 2-4 busy connections per core.
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection before failing the request.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { url: None, max_connections: 8, acquire_timeout_ms: 5_000 }
+    }
+}
+
+impl DatabaseSettings {
+    pub fn url(&self) -> Result<&str, SettingsError> {
+        self.url.as_ref().map(|url| url.expose_secret()).ok_or(SettingsError::Invalid {
+            field: "database.url",
+            reason: "set DATABASE_URL (postgres://user@host:port/db)".into(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct IngestSettings {
+    pub host: String,
+    /// gRPC port; 0 picks a free one.
+    pub port: u16,
+    /// Most events in one `SendEvents` call.
+    pub max_batch_events: usize,
+    /// Largest `SendEvents` request, in bytes.
+    pub max_batch_bytes: usize,
+    /// Largest single event (encoded), in bytes.
+    pub max_event_bytes: usize,
+    /// Deepest nesting of a payload (at most 120).
+    pub max_payload_depth: usize,
+    /// Most events committed in one group commit.
+    pub commit_max_events: usize,
+    /// Group commits in flight at once.
+    pub commit_concurrency: usize,
+    /// How long an authenticated key (or an unknown key) is cached: the bound on how long a
+    /// revoked key keeps working.
+    pub auth_cache_ttl_ms: u64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 50051,
+            max_batch_events: 1_000,
+            max_batch_bytes: 4 * 1024 * 1024,
+            max_event_bytes: 64 * 1024,
+            max_payload_depth: 64,
+            commit_max_events: 5_000,
+            commit_concurrency: 3,
+            auth_cache_ttl_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct QuerySettings {
+    pub host: String,
+    /// gRPC port; 0 picks a free one.
+    pub port: u16,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        Self { host: "0.0.0.0".into(), port: 50052 }
+    }
+}
+
+/// What to do with events whose type has no registered schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownTypePolicy {
+    /// Store them, marked unvalidated (`schema_version` NULL).
+    #[default]
+    Accept,
+    /// Quarantine them in `event_errors` with reason `unknown_event_type`.
+    Reject,
+}
+
+/// How a stage's consumers claim and retry (see `flush_event::OutboxConfig`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ConsumerSettings {
+    /// Concurrent claim loops in this process.
+    pub concurrency: usize,
+    /// Outbox rows per claim (each row holds one ingest request's events).
+    pub batch_size: i64,
+    pub lease_ms: u64,
+    pub max_attempts: i32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    pub poll_interval_ms: u64,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            batch_size: 32,
+            lease_ms: 30_000,
+            max_attempts: 5,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            poll_interval_ms: 1_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ValidatorSettings {
+    pub consumer: ConsumerSettings,
+    /// How far after its receipt an event may claim to have happened (clock skew allowance).
+    pub future_tolerance_ms: u64,
+    /// Oldest acceptable event, relative to its receipt; `None` (default): no limit besides
+    /// 2000-01-01, since historical imports are normal.
+    pub max_age_ms: Option<u64>,
+    pub unknown_type_policy: UnknownTypePolicy,
+}
+
+impl Default for ValidatorSettings {
+    fn default() -> Self {
+        Self {
+            consumer: ConsumerSettings::default(),
+            future_tolerance_ms: 60_000,
+            max_age_ms: None,
+            unknown_type_policy: UnknownTypePolicy::Accept,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct WriterSettings {
+    pub consumer: ConsumerSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter, used when `RUST_LOG` is unset.
+    pub log_filter: String,
+    /// OTLP/gRPC endpoint for traces; `OTEL_EXPORTER_OTLP_ENDPOINT` also enables export.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self { log_format: LogFormat::Json, log_filter: "info".into(), otlp_endpoint: None }
+    }
+}
+
+impl Settings {
+    /// Loads settings from the process environment (and the config file, if any).
+    pub fn load() -> Result<Self, SettingsError> {
+        let file = std::env::var_os("EYE_CONFIG").map(PathBuf::from);
+        let required = file.is_some();
+        let file = file.unwrap_or_else(|| PathBuf::from("eye.toml"));
+        let config = Config::builder()
+            .add_source(File::from(file).required(required))
+            .add_source(
+                Environment::with_prefix("EYE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .set_override_option("database.url", std::env::var("DATABASE_URL").ok())?
+            .build()?;
+        let settings: Settings = config.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid =
+            |field, reason: &str| Err(SettingsError::Invalid { field, reason: reason.into() });
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        let ingest = &self.ingest;
+        if ingest.max_batch_events == 0 || ingest.commit_max_events < ingest.max_batch_events {
+            return invalid(
+                "ingest.commit_max_events",
+                "must be at least ingest.max_batch_events, which must be at least 1",
+            );
+        }
+        if ingest.max_event_bytes == 0 || ingest.max_event_bytes > ingest.max_batch_bytes {
+            return invalid(
+                "ingest.max_event_bytes",
+                "must be between 1 and ingest.max_batch_bytes",
+            );
+        }
+        if ingest.max_payload_depth == 0 || ingest.max_payload_depth > 120 {
+            return invalid("ingest.max_payload_depth", "must be between 1 and 120");
+        }
+        if ingest.commit_concurrency == 0 {
+            return invalid("ingest.commit_concurrency", "must be at least 1");
+        }
+        for (field, consumer) in [
+            ("validator.consumer", &self.validator.consumer),
+            ("writer.consumer", &self.writer.consumer),
+        ] {
+            if consumer.concurrency == 0 || consumer.batch_size < 1 || consumer.max_attempts < 1 {
+                return invalid(
+                    field,
+                    "concurrency, batch_size and max_attempts must be at least 1",
+                );
+            }
+            if consumer.lease_ms < 1_000 {
+                return invalid(field, "lease_ms must be at least 1000");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let settings = Settings::default();
+        settings.validate().unwrap();
+        assert_eq!(settings.ingest.port, 50051);
+        assert_eq!(settings.query.port, 50052);
+        assert_eq!(settings.ingest.max_batch_events, 1_000);
+        assert_eq!(settings.ingest.max_batch_bytes, 4 * 1024 * 1024);
+        assert_eq!(settings.ingest.max_event_bytes, 64 * 1024);
+        assert_eq!(settings.validator.consumer.max_attempts, 5);
+        assert_eq!(settings.validator.future_tolerance_ms, 60_000);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let config = Config::builder()
+            .add_source(
+                Environment::with_prefix("EYE")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(
+                        [
+                            ("EYE__INGEST__PORT".to_string(), "0".to_string()),
+                            ("EYE__VALIDATOR__UNKNOWN_TYPE_POLICY".into(), "reject".into()),
+                            ("EYE__WRITER__CONSUMER__BATCH_SIZE".into(), "7".into()),
+                        ]
+                        .into_iter()
+                        .collect(),
+                    )),
+            )
+            .build()
+            .unwrap();
+        let settings: Settings = config.try_deserialize().unwrap();
+        assert_eq!(settings.ingest.port, 0);
+        assert_eq!(settings.validator.unknown_type_policy, UnknownTypePolicy::Reject);
+        assert_eq!(settings.writer.consumer.batch_size, 7);
+        assert_eq!(settings.ingest.max_batch_events, 1_000);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut settings = Settings::default();
+        settings.ingest.max_payload_depth = 500;
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("ingest.max_payload_depth"), "{error}");
+    }
+}

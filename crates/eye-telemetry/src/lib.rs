@@ -1,0 +1,79 @@
+//! Logs and traces for every Eye binary, set up in one call.
+//!
+//! [`init`] installs a `tracing` subscriber: JSON lines by default (`pretty` for humans), filtered
+//! by `RUST_LOG` or the configured filter, and, when an OTLP endpoint is configured (setting
+//! `telemetry.otlp_endpoint` or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`), an OpenTelemetry
+//! layer exporting spans over OTLP/gRPC. Keep the returned [`Guard`] alive: dropping it flushes
+//! the exporter, with a timeout.
+//!
+//! Never log API keys or payload contents: log ids, counts and codes.
+
+use eye_service::settings::{LogFormat, TelemetrySettings};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// Flushes telemetry when dropped.
+#[must_use = "dropping the guard flushes and stops trace export"]
+pub struct Guard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown_with_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+}
+
+/// Installs logging (and trace export, if configured) for `service`. Idempotent enough for tests:
+/// a second call leaves the first subscriber in place.
+pub fn init(service: &'static str, settings: &TelemetrySettings) -> Guard {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_filter));
+    let endpoint = settings
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|endpoint| !endpoint.is_empty());
+    let provider = endpoint.and_then(|endpoint| match tracer_provider(service, &endpoint) {
+        Ok(provider) => Some(provider),
+        Err(error) => {
+            eprintln!("otlp export disabled: {error}");
+            None
+        }
+    });
+    let otel = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));
+    if provider.is_some() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+    }
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let _ = match settings.log_format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            )
+            .try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+    };
+    Guard { provider }
+}
+
+fn tracer_provider(
+    service: &'static str,
+    endpoint: &str,
+) -> Result<SdkTracerProvider, opentelemetry_otlp::ExporterBuildError> {
+    use opentelemetry_otlp::WithExportConfig;
+    let exporter =
+        opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build()?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(service).build();
+    Ok(SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build())
+}

@@ -1,0 +1,69 @@
+//! Enqueueing, always inside the caller's transaction.
+
+use prost::Message;
+use sqlx::PgConnection;
+
+use crate::{CHANNEL, Error, Headers};
+
+/// Enqueues one message into `stage`, as part of the transaction `conn` is in.
+///
+/// The row becomes visible to consumers when that transaction commits; so does the wake-up.
+pub async fn flush_event<M: Message>(
+    conn: &mut PgConnection,
+    stage: &str,
+    body: &M,
+    headers: &Headers,
+) -> Result<(), Error> {
+    flush_events(conn, stage, [(body, headers)]).await.map(|_| ())
+}
+
+/// Enqueues many messages into `stage` in one statement; returns how many rows were written.
+pub async fn flush_events<'a, M: Message + 'a>(
+    conn: &mut PgConnection,
+    stage: &str,
+    rows: impl IntoIterator<Item = (&'a M, &'a Headers)>,
+) -> Result<u64, Error> {
+    let (bodies, headers): (Vec<Vec<u8>>, Vec<serde_json::Value>) = rows
+        .into_iter()
+        .map(|(body, headers)| (body.encode_to_vec(), headers_json(headers)))
+        .unzip();
+    if bodies.is_empty() {
+        return Ok(0);
+    }
+    // One round trip: insert and queue the wake-up (Postgres folds repeated identical NOTIFYs of a
+    // transaction into one, delivered at commit).
+    let (inserted,): (i64,) = sqlx::query_as(
+        "WITH inserted AS ( \
+             INSERT INTO outbox (stage, body, headers) \
+             SELECT $1, body, headers FROM UNNEST($2::bytea[], $3::jsonb[]) AS r(body, headers) \
+             RETURNING 1 \
+         ) \
+         SELECT (SELECT count(*) FROM inserted) FROM pg_notify($4, $1)",
+    )
+    .bind(stage)
+    .bind(&bodies)
+    .bind(&headers)
+    .bind(CHANNEL)
+    .fetch_one(conn)
+    .await?;
+    Ok(inserted as u64)
+}
+
+pub(crate) fn headers_json(headers: &Headers) -> serde_json::Value {
+    serde_json::Value::Object(
+        headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect(),
+    )
+}
+
+pub(crate) fn headers_from_json(value: serde_json::Value) -> Headers {
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| match v {
+                serde_json::Value::String(s) => Some((k, s)),
+                _ => None,
+            })
+            .collect(),
+        _ => Headers::new(),
+    }
+}

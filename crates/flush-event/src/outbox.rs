@@ -1,0 +1,270 @@
+//! The consumer side of one stage: claim under a lease, ack by hand-off, retry, dead-letter.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use rand::Rng;
+use sqlx::{PgConnection, PgPool};
+
+use crate::{Error, Headers, enqueue::headers_from_json};
+
+/// How a stage's consumer claims and retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxConfig {
+    /// Most rows one claim takes.
+    pub batch_size: i64,
+    /// How long a claim holds its rows before they become visible to others again.
+    pub lease: Duration,
+    /// Claims before a row is dead-lettered instead of processed again.
+    pub max_attempts: i32,
+    /// Delay before the first retry; doubles with each further attempt.
+    pub backoff_base: Duration,
+    /// Longest delay between retries.
+    pub backoff_max: Duration,
+    /// How often an idle consumer looks for rows when no wake-up arrives (a safety net for lost
+    /// notifications and for retries coming due).
+    pub poll_interval: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            lease: Duration::from_secs(30),
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// The retry delay after the `attempts`-th claim failed: `base * 2^(attempts-1)`, capped at
+    /// `backoff_max`, with "equal jitter" (uniform in the upper half) so that rows failed together
+    /// do not come back together.
+    pub fn backoff(&self, attempts: i32, rng: &mut impl Rng) -> Duration {
+        let ceiling = self.backoff_ceiling(attempts);
+        let half = ceiling / 2;
+        half + rng.random_range(Duration::ZERO..=ceiling - half)
+    }
+
+    /// The un-jittered backoff: the upper bound of [`backoff`](Self::backoff).
+    pub fn backoff_ceiling(&self, attempts: i32) -> Duration {
+        let exponent = attempts.saturating_sub(1).clamp(0, 30) as u32;
+        self.backoff_base.saturating_mul(1 << exponent).min(self.backoff_max)
+    }
+}
+
+/// A claimed row: the decoded body plus what its ack or retry must present.
+#[derive(Debug, Clone)]
+pub struct Claimed<M> {
+    pub id: i64,
+    /// The fencing token of this claim.
+    pub fence: i64,
+    /// Claims so far, this one included.
+    pub attempts: i32,
+    pub headers: Headers,
+    pub created_at: DateTime<Utc>,
+    pub body: M,
+}
+
+/// What [`Outbox::retry`] did with a failed row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Visible again after this delay.
+    Retried(Duration),
+    /// Out of attempts: moved to `outbox_dead_letters`.
+    DeadLettered,
+    /// The lease was lost before the retry: another consumer owns the row.
+    LeaseLost,
+}
+
+/// One stage of the outbox, seen from its consumers. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pool: PgPool,
+    stage: Arc<str>,
+    config: Arc<OutboxConfig>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    fence: i64,
+    attempts: i32,
+    headers: serde_json::Value,
+    created_at: DateTime<Utc>,
+    body: Vec<u8>,
+    last_error: Option<String>,
+}
+
+impl Outbox {
+    pub fn new(pool: PgPool, stage: impl Into<Arc<str>>, config: OutboxConfig) -> Self {
+        Self { pool, stage: stage.into(), config: Arc::new(config) }
+    }
+
+    pub fn stage(&self) -> &str {
+        &self.stage
+    }
+
+    pub fn config(&self) -> &OutboxConfig {
+        &self.config
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Claims up to `batch_size` visible rows in one short transaction and decodes them.
+    ///
+    /// Rows that cannot be decoded, and rows already claimed `max_attempts` times whose consumer
+    /// never acked (it crashed on them), are dead-lettered here instead of being returned.
+    pub async fn claim<M: Message + Default>(&self) -> Result<Vec<Claimed<M>>, Error> {
+        // The CTE with LIMIT locks exactly the rows it returns (a subquery in FROM may lock more),
+        // and SKIP LOCKED lets concurrent consumers take disjoint batches without waiting.
+        let rows: Vec<ClaimedRow> = sqlx::query_as(
+            "WITH next AS ( \
+                 SELECT id FROM outbox \
+                 WHERE stage = $1 AND visible_at <= now() \
+                 ORDER BY visible_at, id \
+                 LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED \
+             ) \
+             UPDATE outbox o \
+             SET attempts = o.attempts + 1, fence = o.fence + 1, \
+                 visible_at = now() + $3 * interval '1 millisecond' \
+             FROM next WHERE o.id = next.id \
+             RETURNING o.id, o.fence, o.attempts, o.headers, o.created_at, o.body, o.last_error",
+        )
+        .bind(&*self.stage)
+        .bind(self.config.batch_size)
+        .bind(self.config.lease.as_millis() as f64)
+        .fetch_all(&self.pool)
+        .await?;
+
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.attempts > self.config.max_attempts {
+                let error = format!(
+                    "abandoned by its consumer {} times (lease expired without ack); last error: {}",
+                    self.config.max_attempts,
+                    row.last_error.as_deref().unwrap_or("none")
+                );
+                self.dead_letter(row.id, row.fence, &error).await?;
+                continue;
+            }
+            match M::decode(row.body.as_slice()) {
+                Ok(body) => claimed.push(Claimed {
+                    id: row.id,
+                    fence: row.fence,
+                    attempts: row.attempts,
+                    headers: headers_from_json(row.headers),
+                    created_at: row.created_at,
+                    body,
+                }),
+                Err(error) => {
+                    tracing::error!(stage = %self.stage, row = row.id, %error, "undecodable outbox row");
+                    self.dead_letter(row.id, row.fence, &format!("undecodable body: {error}"))
+                        .await?;
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Acks claimed rows inside the hand-off transaction `conn` is in: deletes them if, and only
+    /// if, every one still carries this claim's fence. Otherwise returns
+    /// [`Error::LeaseLost`], and the caller must roll back.
+    pub async fn ack<M>(&self, conn: &mut PgConnection, rows: &[Claimed<M>]) -> Result<(), Error> {
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let fences: Vec<i64> = rows.iter().map(|row| row.fence).collect();
+        let matched = sqlx::query(
+            "DELETE FROM outbox o USING UNNEST($1::bigint[], $2::bigint[]) AS a(id, fence) \
+             WHERE o.id = a.id AND o.fence = a.fence",
+        )
+        .bind(&ids)
+        .bind(&fences)
+        .execute(conn)
+        .await?
+        .rows_affected();
+        if matched != rows.len() as u64 {
+            return Err(Error::LeaseLost { expected: rows.len(), matched });
+        }
+        Ok(())
+    }
+
+    /// Gives a failed row back: visible again after the backoff for its attempt count, or
+    /// dead-lettered when it has had `max_attempts` claims.
+    pub async fn retry<M>(&self, row: &Claimed<M>, error: &str) -> Result<RetryOutcome, Error> {
+        if row.attempts >= self.config.max_attempts {
+            return Ok(if self.dead_letter(row.id, row.fence, error).await? {
+                RetryOutcome::DeadLettered
+            } else {
+                RetryOutcome::LeaseLost
+            });
+        }
+        let delay = self.config.backoff(row.attempts, &mut rand::rng());
+        let updated = sqlx::query(
+            "UPDATE outbox SET visible_at = now() + $3 * interval '1 millisecond', last_error = $4 \
+             WHERE id = $1 AND fence = $2",
+        )
+        .bind(row.id)
+        .bind(row.fence)
+        .bind(delay.as_millis() as f64)
+        .bind(error)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(if updated == 1 { RetryOutcome::Retried(delay) } else { RetryOutcome::LeaseLost })
+    }
+
+    /// Moves a claimed row to `outbox_dead_letters` with `error`; false if the lease was lost.
+    pub async fn dead_letter(&self, id: i64, fence: i64, error: &str) -> Result<bool, Error> {
+        let moved = sqlx::query(
+            "WITH dead AS ( \
+                 DELETE FROM outbox WHERE id = $1 AND fence = $2 \
+                 RETURNING id, stage, body, headers, attempts, created_at \
+             ) \
+             INSERT INTO outbox_dead_letters (id, stage, body, headers, attempts, created_at, last_error) \
+             SELECT id, stage, body, headers, attempts, created_at, $3 FROM dead",
+        )
+        .bind(id)
+        .bind(fence)
+        .bind(error)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            tracing::warn!(stage = %self.stage, row = id, "outbox row dead-lettered");
+        }
+        Ok(moved == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_bounded_jitter() {
+        let config = OutboxConfig {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let ceilings: Vec<u128> = (1..=6).map(|a| config.backoff_ceiling(a).as_millis()).collect();
+        assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000]);
+        let mut rng = rand::rng();
+        for attempts in 1..=6 {
+            for _ in 0..100 {
+                let delay = config.backoff(attempts, &mut rng);
+                let ceiling = config.backoff_ceiling(attempts);
+                assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?} vs {ceiling:?}");
+            }
+        }
+        // Absurd attempt counts neither overflow nor exceed the cap.
+        assert_eq!(config.backoff_ceiling(i32::MAX), Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,75 @@
+//! Wake-ups: one LISTEN connection per process tells idle consumers that their stage has rows.
+
+use std::{collections::HashMap, sync::Arc, sync::Mutex};
+
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{CHANNEL, Error};
+
+/// Fans `NOTIFY flush_event, '<stage>'` out to the consumers of each stage. Cheap to clone.
+///
+/// A wake-up is a version bump on a `watch` channel, so one that lands between a consumer's empty
+/// claim and its wait is not lost. Consumers also poll on a timer, so a notification lost while
+/// the LISTEN connection reconnects costs at most one poll interval.
+#[derive(Debug, Clone, Default)]
+pub struct Waker {
+    stages: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+}
+
+impl Waker {
+    /// Starts the LISTEN task; it ends when `shutdown` is cancelled.
+    pub async fn listen(pool: &PgPool, shutdown: CancellationToken) -> Result<Self, Error> {
+        let waker = Self::default();
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        let task_waker = waker.clone();
+        tokio::spawn(async move {
+            loop {
+                let notification = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    notification = listener.try_recv() => notification,
+                };
+                match notification {
+                    Ok(Some(notification)) => task_waker.wake(notification.payload()),
+                    // The connection was lost and re-established: anything may have been missed.
+                    Ok(None) => task_waker.wake_all(),
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox listener failed; consumers fall back to polling");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+        });
+        Ok(waker)
+    }
+
+    /// A receiver that changes whenever `stage` is woken.
+    pub fn subscribe(&self, stage: &str) -> watch::Receiver<u64> {
+        self.sender(stage).subscribe()
+    }
+
+    /// Wakes the consumers of `stage` (also usable directly, in-process).
+    pub fn wake(&self, stage: &str) {
+        self.sender(stage).send_modify(|version| *version += 1);
+    }
+
+    fn wake_all(&self) {
+        for sender in self.stages.lock().expect("waker lock").values() {
+            sender.send_modify(|version| *version += 1);
+        }
+    }
+
+    fn sender(&self, stage: &str) -> watch::Sender<u64> {
+        self.stages
+            .lock()
+            .expect("waker lock")
+            .entry(stage.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+}
