@@ -67,7 +67,8 @@ CREATE INDEX events_type_time ON events (category, name, occurred_at, event_id);
 CREATE INDEX events_time ON events (occurred_at, event_id);
 
 -- Creates the month partition holding `at` if it does not exist yet. Safe to call concurrently:
--- a transaction-scoped advisory lock serialises creators.
+-- a transaction-scoped advisory lock serialises creators, and a creator that lost the race (its
+-- catalog snapshot may predate the winner's commit) treats "already exists" as done.
 CREATE FUNCTION eye_ensure_event_partition(at timestamptz) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -79,12 +80,14 @@ BEGIN
         RETURN partition;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('eye_ensure_event_partition'));
-    IF to_regclass(partition) IS NULL THEN
+    BEGIN
         EXECUTE format(
-            'CREATE TABLE %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
+            'CREATE TABLE IF NOT EXISTS %I PARTITION OF events FOR VALUES FROM (%L) TO (%L)',
             partition, month_start, month_end
         );
-    END IF;
+    EXCEPTION WHEN duplicate_table OR unique_violation THEN
+        NULL;
+    END;
     RETURN partition;
 END;
 $$;

@@ -1,1 +1,170 @@
-//! eye-e2e
+//! Harness for end-to-end tests: starts ingest, validators and writers in-process on free ports
+//! against a fresh database, and talks to them over real gRPC.
+//!
+//! # Layout
+//! - [`Pipeline`]: the running services and a client factory.
+//! - [`create_key`], [`register_example_schemas`]: fixtures written the way the CLI writes them.
+//! - The tests themselves live in `tests/pipeline/`.
+
+use std::time::Duration;
+
+use eye_proto::v1::{Event, ingest_service_client::IngestServiceClient};
+use eye_test_support::TestDb;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use uuid::Uuid;
+
+/// Services running against one test database.
+pub struct Pipeline {
+    pub ingest_port: u16,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Ingest plus `validators` validators and `writers` writers (each a separate service
+    /// instance with its own pool and claim loops, as separate processes would be).
+    pub async fn start(db: &TestDb, validators: usize, writers: usize) -> Self {
+        let mut settings = db.settings();
+        for consumer in [&mut settings.validator.consumer, &mut settings.writer.consumer] {
+            consumer.poll_interval_ms = 200;
+            consumer.backoff_base_ms = 50;
+        }
+        settings.database.max_connections = 6;
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let ingest = eye_ingest::Application::build(settings.clone()).await.expect("build ingest");
+        let ingest_port = ingest.port();
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(
+            async move { ingest.run_until_stopped(token).await.expect("ingest") },
+        ));
+        for _ in 0..validators {
+            let app = eye_validator::Application::build(settings.clone()).await.expect("validator");
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                app.run_until_stopped(token).await.expect("validator")
+            }));
+        }
+        for _ in 0..writers {
+            let app = eye_writer::Application::build(settings.clone()).await.expect("writer");
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(
+                async move { app.run_until_stopped(token).await.expect("writer") },
+            ));
+        }
+        Self { ingest_port, shutdown, tasks }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ingest_port)
+    }
+
+    /// A gRPC client of the ingest service.
+    pub async fn client(&self) -> IngestServiceClient<Channel> {
+        IngestServiceClient::connect(self.endpoint()).await.expect("connect to ingest")
+    }
+
+    /// Stops every service and waits for them to drain.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("service drains in time")
+                .expect("service task");
+        }
+    }
+}
+
+/// A request carrying `key` as its bearer token.
+pub fn authorized<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {key}").parse().expect("ascii key");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Creates an application with one key holding `roles`; returns (application id, key).
+pub async fn create_key(pool: &PgPool, name: &str, roles: &[&str]) -> (Uuid, String) {
+    let application_id = Uuid::new_v4();
+    let (key, hash) = eye_service::auth::generate_key();
+    sqlx::query("INSERT INTO applications (id, name) VALUES ($1, $2)")
+        .bind(application_id)
+        .bind(name)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO api_keys (id, application_id, key_hash, roles) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(application_id)
+    .bind(&hash[..])
+    .bind(roles)
+    .execute(pool)
+    .await
+    .unwrap();
+    (application_id, key)
+}
+
+/// Registers the JSON Schemas shipped in `schemas/` as version 1 of their types.
+pub async fn register_example_schemas(pool: &PgPool) {
+    let dir = eye_test_support::workspace_root().join("schemas");
+    for (category, name, file) in [
+        ("page interaction", "pageview", "page_interaction.pageview.json"),
+        ("page interaction", "cta click", "page_interaction.cta_click.json"),
+        ("form interaction", "submit", "form_interaction.submit.json"),
+    ] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+        register_schema(pool, category, name, 1, &schema).await;
+    }
+}
+
+pub async fn register_schema(
+    pool: &PgPool,
+    category: &str,
+    name: &str,
+    version: i32,
+    schema: &serde_json::Value,
+) {
+    sqlx::query(
+        "INSERT INTO event_schemas (category, name, version, schema) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(category)
+    .bind(name)
+    .bind(version)
+    .bind(schema)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// An event of `category`/`name` in `session`, happening `offset` after `base`.
+pub fn event(
+    session: Uuid,
+    category: &str,
+    name: &str,
+    data: serde_json::Value,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Event {
+    Event {
+        event_id: Uuid::now_v7().to_string(),
+        session_id: session.to_string(),
+        category: category.into(),
+        name: name.into(),
+        data_json: data.to_string(),
+        timestamp: Some(prost_types::Timestamp {
+            seconds: at.timestamp(),
+            nanos: at.timestamp_subsec_nanos() as i32,
+        }),
+    }
+}
+
+/// Counts rows with a scalar query.
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect("count query")
+}

@@ -19,12 +19,16 @@ pub fn local_addr(listener: &TcpListener) -> SocketAddr {
 
 /// The `grpc.health.v1` service for `service_name`, NOT_SERVING until `pool` answers a query;
 /// the probe then keeps watching the database and flips back when it stops answering.
-pub fn health(
+pub async fn health(
     service_name: &'static str,
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
     let (reporter, service) = tonic_health::server::health_reporter();
+    // Known (and NOT_SERVING) from the first request on, not NotFound until the first probe.
+    for name in [service_name, ""] {
+        reporter.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
+    }
     tokio::spawn(watch_database(reporter, service_name, pool, shutdown));
     service
 }
@@ -70,4 +74,25 @@ pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("embedded descriptor sets are valid")
+}
+
+/// Runs a server future that stops accepting when `shutdown` is cancelled and then drains
+/// in-flight calls; if draining takes longer than `grace` (a long-lived stream such as a health
+/// `Watch` never ends by itself), the remaining connections are dropped.
+pub async fn drain_within<E>(
+    server: impl Future<Output = Result<(), E>>,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) -> Result<(), E> {
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served,
+        () = deadline => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping open calls");
+            Ok(())
+        }
+    }
 }

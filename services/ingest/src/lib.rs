@@ -1,1 +1,89 @@
-//! eye-ingest
+//! `eye-ingest`: the pipeline's source. Trusted applications send batches of events over gRPC
+//! (`eye.v1.IngestService/SendEvents`); each event gets its own answer, and the answer comes only
+//! once the accepted events are durable in Postgres.
+//!
+//! # Layout
+//! - [`service`]: the `SendEvents` handler: authenticate, check limits, check each envelope
+//!   (`event_model::envelope`), hand the accepted events to the committer, answer per event.
+//! - [`commit`]: group commit. Concurrent requests share one transaction that records their ids
+//!   in the idempotency ledger (which answers DUPLICATE) and enqueues one outbox row per request
+//!   into the `validate` stage.
+//! - [`error`]: the service's errors and their one mapping to `tonic::Status`.
+//!
+//! Payloads are not checked against their schemas here: that is the validator's job, off the
+//! request path, so applications are never left waiting on it.
+
+pub mod commit;
+pub mod error;
+pub mod service;
+
+use std::time::Duration;
+
+use eye_proto::v1::ingest_service_server::IngestServiceServer;
+use eye_service::{Settings, auth::Authenticator, grpc};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The outbox stage ingest writes into.
+pub const VALIDATE_STAGE: &str = "validate";
+
+/// How long shutdown waits for in-flight requests and commits.
+const GRACE_PERIOD: Duration = Duration::from_secs(20);
+
+/// A built, bound, not yet serving ingest server.
+pub struct Application {
+    listener: TcpListener,
+    service: service::Ingest,
+    committer: commit::Committer,
+    pool: sqlx::PgPool,
+    settings: Settings,
+}
+
+impl Application {
+    /// Connects (lazily) to the database and binds the port.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = eye_service::database::pool(&settings.database)?;
+        let listener = grpc::bind(&settings.ingest.host, settings.ingest.port).await?;
+        let committer = commit::Committer::start(pool.clone(), &settings.ingest);
+        let auth = Authenticator::new(
+            pool.clone(),
+            Duration::from_millis(settings.ingest.auth_cache_ttl_ms),
+        );
+        let service = service::Ingest::new(auth, committer.clone(), &settings.ingest);
+        Ok(Self { listener, service, committer, pool, settings })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        grpc::local_addr(&self.listener).port()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
+    /// and their commits land, within a grace period.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self { listener, service, committer, pool, settings } = self;
+        let max_message = settings.ingest.max_batch_bytes.saturating_mul(4);
+        let health = grpc::health("eye.v1.IngestService", pool, shutdown.clone()).await;
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health)
+            .add_service(grpc::reflection())
+            .add_service(
+                IngestServiceServer::new(service)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let served = grpc::drain_within(server, &shutdown, GRACE_PERIOD).await;
+        // The server has drained; now let the committer finish what it holds.
+        match tokio::time::timeout(GRACE_PERIOD, committer.close()).await {
+            Ok(()) => tracing::info!("ingest drained"),
+            Err(_) => tracing::warn!("ingest commits did not drain within the grace period"),
+        }
+        served?;
+        Ok(())
+    }
+}

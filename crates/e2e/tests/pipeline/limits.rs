@@ -1,0 +1,103 @@
+//! Batch limits and per-event rejections at ingest.
+
+use chrono::Utc;
+use eye_e2e::{Pipeline, authorized, count, create_key, event};
+use eye_proto::v1::{EventStatus, SendEventsRequest};
+use eye_test_support::TestDb;
+use serde_json::json;
+use tonic::Code;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_over_the_limits_fail_whole_and_bad_events_fail_alone() {
+    let db = TestDb::new().await;
+    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let pipeline = Pipeline::start(&db, 0, 0).await;
+    let mut client = pipeline.client().await;
+    let session = Uuid::new_v4();
+    let batch = |n: usize| SendEventsRequest {
+        events: (0..n).map(|_| event(session, "c", "n", json!({"i": 1}), Utc::now())).collect(),
+        sent_at: None,
+    };
+
+    let empty = client.send_events(authorized(batch(0), &key)).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(empty.message().contains("empty"), "{}", empty.message());
+
+    let too_many = client.send_events(authorized(batch(1_001), &key)).await.unwrap_err();
+    assert_eq!(too_many.code(), Code::InvalidArgument);
+    assert!(too_many.message().contains("1001"), "{}", too_many.message());
+
+    let big = json!({"blob": "x".repeat(60_000)});
+    let too_big = SendEventsRequest {
+        events: (0..80).map(|_| event(session, "c", "n", big.clone(), Utc::now())).collect(),
+        sent_at: None,
+    };
+    let too_big = client.send_events(authorized(too_big, &key)).await.unwrap_err();
+    assert_eq!(too_big.code(), Code::InvalidArgument);
+    assert_eq!(count(&db.pool, "SELECT count(*) FROM outbox").await, 0);
+
+    let full = client.send_events(authorized(batch(1_000), &key)).await.unwrap().into_inner();
+    assert!(full.results.iter().all(|r| r.status() == EventStatus::Accepted));
+
+    // One bad event of each kind, between good ones: each gets its own reason, the good ones pass.
+    let good = || event(session, "c", "n", json!({"ok": true}), Utc::now());
+    let mut cases: Vec<(&str, eye_proto::v1::Event)> = Vec::new();
+    let mut bad = good();
+    bad.event_id = "123".into();
+    cases.push(("invalid_event_id", bad));
+    let mut bad = good();
+    bad.category = String::new();
+    cases.push(("missing_category", bad));
+    let mut bad = good();
+    bad.name = "n".repeat(256);
+    cases.push(("name_too_long", bad));
+    let mut bad = good();
+    bad.data_json = "[1,2]".into();
+    cases.push(("data_not_object", bad));
+    let mut bad = good();
+    bad.data_json = "{\"a\":".into();
+    cases.push(("invalid_json", bad));
+    let mut bad = good();
+    bad.timestamp = None;
+    cases.push(("missing_timestamp", bad));
+    let mut bad = good();
+    bad.data_json = json!({"blob": "x".repeat(70_000)}).to_string();
+    cases.push(("event_too_large", bad));
+    let mut bad = good();
+    bad.data_json = r#"{"a":1,"a":2}"#.into();
+    cases.push(("duplicate_key", bad));
+    let mut bad = good();
+    bad.data_json = r#"{"a":"\u0000"}"#.into();
+    cases.push(("nul_character", bad));
+    let mut events = vec![good()];
+    for (_, bad) in &cases {
+        events.push(bad.clone());
+        events.push(good());
+    }
+    let response = client
+        .send_events(authorized(SendEventsRequest { events, sent_at: None }, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut results = response.results.iter();
+    assert_eq!(results.next().unwrap().status(), EventStatus::Accepted);
+    for (code, _) in &cases {
+        let rejected = results.next().unwrap();
+        assert_eq!(rejected.status(), EventStatus::Rejected, "{code}");
+        assert!(rejected.reason.starts_with(&format!("{code}:")), "{code}: {}", rejected.reason);
+        assert_eq!(results.next().unwrap().status(), EventStatus::Accepted, "after {code}");
+    }
+
+    // An empty event_id gets a server-assigned UUIDv7, returned in the result.
+    let mut anonymous = good();
+    anonymous.event_id.clear();
+    let response = client
+        .send_events(authorized(SendEventsRequest { events: vec![anonymous], sent_at: None }, &key))
+        .await
+        .unwrap()
+        .into_inner();
+    let assigned: Uuid = response.results[0].event_id.parse().unwrap();
+    assert_eq!(assigned.get_version_num(), 7);
+    pipeline.stop().await;
+}

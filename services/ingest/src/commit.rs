@@ -1,0 +1,184 @@
+//! Group commit: concurrent requests share one transaction, so the cost of a durable commit
+//! (one WAL flush) is paid once per group instead of once per request.
+//!
+//! Requests queue on a bounded channel. A few commit loops each take whatever is queued (up to
+//! `commit_max_events`) and commit it as one transaction: no timer, so an idle server commits at
+//! once and a busy one batches naturally while the previous commit is in flight. A full queue is
+//! answered at once with RESOURCE_EXHAUSTED rather than left hanging.
+
+use std::{collections::HashSet, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use event_model::{ApplicationId, Event, batch};
+use flush_event::Headers;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::{VALIDATE_STAGE, error::IngestError};
+
+/// Requests waiting for a commit before new ones are refused.
+const QUEUE_DEPTH: usize = 1_024;
+
+/// The accepted events of one request.
+pub struct Submission {
+    pub application_id: ApplicationId,
+    pub received_at: DateTime<Utc>,
+    pub events: Vec<Event>,
+    /// Propagation headers for the outbox row (e.g. `traceparent`).
+    pub headers: Headers,
+}
+
+struct Job {
+    submission: Submission,
+    reply: oneshot::Sender<Result<Vec<bool>, Arc<sqlx::Error>>>,
+}
+
+/// The handle requests commit through. Cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    queue: Arc<std::sync::Mutex<Option<mpsc::Sender<Job>>>>,
+    loops: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Committer {
+    /// Starts `commit_concurrency` commit loops.
+    pub fn start(pool: PgPool, settings: &eye_service::settings::IngestSettings) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let loops = (0..settings.commit_concurrency)
+            .map(|_| {
+                tokio::spawn(commit_loop(
+                    pool.clone(),
+                    receiver.clone(),
+                    settings.commit_max_events,
+                ))
+            })
+            .collect();
+        Self {
+            queue: Arc::new(std::sync::Mutex::new(Some(sender))),
+            loops: Arc::new(Mutex::new(loops)),
+        }
+    }
+
+    /// Makes `submission` durable. Returns, per event, `true` if it is new (ACCEPTED) or `false`
+    /// if this application already sent its `event_id` (DUPLICATE, also for a repeat within the
+    /// same group).
+    pub async fn commit(&self, submission: Submission) -> Result<Vec<bool>, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        let sender = self.queue.lock().expect("committer lock").clone();
+        let sender = sender.ok_or(IngestError::ShuttingDown)?;
+        sender.try_send(Job { submission, reply }).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => IngestError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => IngestError::ShuttingDown,
+        })?;
+        match answer.await {
+            Ok(Ok(new)) => Ok(new),
+            Ok(Err(error)) => Err(IngestError::Storage(
+                Arc::try_unwrap(error)
+                    .unwrap_or_else(|shared| sqlx::Error::Protocol(shared.to_string())),
+            )),
+            Err(_) => Err(IngestError::ShuttingDown),
+        }
+    }
+
+    /// Stops taking requests and waits for the queued ones to be committed.
+    pub async fn close(&self) {
+        self.queue.lock().expect("committer lock").take();
+        for handle in self.loops.lock().await.drain(..) {
+            let _ = handle.await;
+        }
+    }
+}
+
+async fn commit_loop(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max_events: usize) {
+    loop {
+        let jobs = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else { return };
+            let mut events = first.submission.events.len();
+            let mut jobs = vec![first];
+            while events < max_events {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        events += job.submission.events.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            jobs
+        };
+        let (submissions, replies): (Vec<_>, Vec<_>) =
+            jobs.into_iter().map(|job| (job.submission, job.reply)).unzip();
+        match commit_group(&pool, submissions).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                let error = Arc::new(error);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for a group of submissions: claim their ids in the idempotency ledger, then
+/// enqueue the new events of each submission as one outbox row.
+async fn commit_group(
+    pool: &PgPool,
+    submissions: Vec<Submission>,
+) -> Result<Vec<Vec<bool>>, sqlx::Error> {
+    // Repeats within the group are duplicates of their first occurrence.
+    let mut seen = HashSet::new();
+    let first: Vec<Vec<bool>> = submissions
+        .iter()
+        .map(|s| s.events.iter().map(|e| seen.insert((s.application_id.0, e.event_id.0))).collect())
+        .collect();
+    // Sorted keys: concurrent groups lock ledger entries in the same order and cannot deadlock.
+    let mut keys: Vec<(Uuid, Uuid)> = seen.into_iter().collect();
+    keys.sort_unstable();
+    let (apps, ids): (Vec<Uuid>, Vec<Uuid>) = keys.into_iter().unzip();
+
+    let mut tx = pool.begin().await?;
+    let inserted: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "INSERT INTO idempotency_keys (application_id, event_id) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) \
+         ON CONFLICT DO NOTHING RETURNING application_id, event_id",
+    )
+    .bind(&apps)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let inserted: HashSet<(Uuid, Uuid)> = inserted.into_iter().collect();
+
+    let mut outcomes = Vec::with_capacity(submissions.len());
+    let mut rows = Vec::with_capacity(submissions.len());
+    for (submission, first) in submissions.into_iter().zip(first) {
+        let app = submission.application_id;
+        let new: Vec<bool> = submission
+            .events
+            .iter()
+            .zip(&first)
+            .map(|(event, first)| *first && inserted.contains(&(app.0, event.event_id.0)))
+            .collect();
+        let events = submission.events.into_iter().zip(&new).filter(|(_, new)| **new);
+        let body = batch::encode(app, submission.received_at, events.map(|(event, _)| (event, 0)));
+        if !body.events.is_empty() {
+            rows.push((body, submission.headers));
+        }
+        outcomes.push(new);
+    }
+    flush_event::flush_events(&mut tx, VALIDATE_STAGE, rows.iter().map(|(body, h)| (body, h)))
+        .await
+        .map_err(|error| match error {
+            flush_event::Error::Database(error) => error,
+            other => sqlx::Error::Protocol(other.to_string()),
+        })?;
+    tx.commit().await?;
+    Ok(outcomes)
+}

@@ -1,0 +1,42 @@
+//! Ingest's errors, and the one place they become gRPC statuses.
+
+use eye_service::auth::AuthError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("events: the batch is empty")]
+    EmptyBatch,
+    #[error("events: the batch has {count} events; the limit is {limit}")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("the batch is {size} bytes; the limit is {limit}")]
+    BatchTooLarge { size: usize, limit: usize },
+    /// Ingest is saturated; the client should retry after a pause.
+    #[error("ingest is overloaded; retry with backoff")]
+    Overloaded,
+    #[error("ingest is shutting down; retry against another instance")]
+    ShuttingDown,
+    /// The commit failed: nothing of the batch was stored, so a retry is safe.
+    #[error("events could not be stored; nothing was accepted, retry the batch")]
+    Storage(#[source] sqlx::Error),
+}
+
+impl From<IngestError> for tonic::Status {
+    fn from(error: IngestError) -> Self {
+        use tonic::Status;
+        match error {
+            IngestError::Auth(error) => error.into(),
+            IngestError::EmptyBatch
+            | IngestError::TooManyEvents { .. }
+            | IngestError::BatchTooLarge { .. } => Status::invalid_argument(error.to_string()),
+            IngestError::Overloaded => Status::resource_exhausted(error.to_string()),
+            IngestError::ShuttingDown => Status::unavailable(error.to_string()),
+            IngestError::Storage(ref source) => {
+                // The database's text stays in our logs; the client learns only what to do.
+                tracing::error!(error = %source, "ingest commit failed");
+                Status::unavailable(error.to_string())
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The validator's outbox handler: validate a claimed batch, hand valid events to `write`,
+//! quarantine the rest, all in the hand-off transaction.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use event_model::{ApplicationId, ErrorReason, Event, batch};
+use eye_proto::v1::EventBatch;
+use eye_service::settings::{UnknownTypePolicy, ValidatorSettings};
+use flush_event::{Claimed, Handler, Headers};
+use sqlx::PgConnection;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::{
+    WRITE_STAGE,
+    registry::{self, Registry},
+    rules::TimestampRules,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidatorError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("outbox: {0}")]
+    Outbox(#[from] flush_event::Error),
+    #[error("{0} events in the batch do not decode")]
+    Undecodable(usize),
+}
+
+pub struct Validator {
+    rules: TimestampRules,
+    unknown_type_policy: UnknownTypePolicy,
+    registry: Mutex<Registry>,
+}
+
+impl Validator {
+    pub fn new(settings: &ValidatorSettings) -> Self {
+        Self {
+            rules: TimestampRules {
+                future_tolerance: Duration::from_millis(settings.future_tolerance_ms),
+                max_age: settings.max_age_ms.map(Duration::from_millis),
+            },
+            unknown_type_policy: settings.unknown_type_policy,
+            registry: Mutex::default(),
+        }
+    }
+
+    /// The schema version an event is valid against (0: no schema, accepted unvalidated), or why
+    /// it is not valid.
+    fn check(
+        &self,
+        registry: &Registry,
+        event: &Event,
+        received_at: DateTime<Utc>,
+    ) -> Result<i32, (ErrorReason, String)> {
+        self.rules.check(event.occurred_at, received_at)?;
+        let Some(schema) = registry.get(&event.event_type) else {
+            return match self.unknown_type_policy {
+                UnknownTypePolicy::Accept => Ok(0),
+                UnknownTypePolicy::Reject => Err((
+                    ErrorReason::UnknownEventType,
+                    format!("no schema is registered for {}", event.event_type),
+                )),
+            };
+        };
+        registry::validate(&schema, &event.data_json)
+            .map(|()| schema.version)
+            .map_err(|message| (ErrorReason::SchemaViolation, message))
+    }
+}
+
+/// A quarantined event, column by column.
+#[derive(Default)]
+struct Quarantine {
+    application_id: Vec<Uuid>,
+    event_id: Vec<Uuid>,
+    session_id: Vec<Uuid>,
+    category: Vec<String>,
+    name: Vec<String>,
+    data: Vec<String>,
+    occurred_at: Vec<DateTime<Utc>>,
+    received_at: Vec<DateTime<Utc>>,
+    reason: Vec<&'static str>,
+    message: Vec<String>,
+}
+
+impl Quarantine {
+    fn push(
+        &mut self,
+        app: ApplicationId,
+        received_at: DateTime<Utc>,
+        event: Event,
+        reason: ErrorReason,
+        message: String,
+    ) {
+        self.application_id.push(app.0);
+        self.event_id.push(event.event_id.0);
+        self.session_id.push(event.session_id.0);
+        self.category.push(event.event_type.category);
+        self.name.push(event.event_type.name);
+        self.data.push(event.data_json);
+        self.occurred_at.push(event.occurred_at);
+        self.received_at.push(received_at);
+        self.reason.push(reason.code());
+        self.message.push(message);
+    }
+
+    async fn insert(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.event_id.is_empty() {
+            return Ok(());
+        }
+        // One row per (application, event_id): an event that fails again after a replay updates
+        // its row instead of adding another.
+        sqlx::query(
+            "INSERT INTO event_errors (application_id, event_id, session_id, category, name, data, \
+                                       occurred_at, received_at, reason, message) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
+                                  $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[]) \
+             ON CONFLICT (application_id, event_id) DO UPDATE SET \
+                 reason = excluded.reason, message = excluded.message, failed_at = now(), \
+                 failures = event_errors.failures + 1, replay_outcome = 'still_invalid'",
+        )
+        .bind(&self.application_id)
+        .bind(&self.event_id)
+        .bind(&self.session_id)
+        .bind(&self.category)
+        .bind(&self.name)
+        .bind(&self.data)
+        .bind(&self.occurred_at)
+        .bind(&self.received_at)
+        .bind(&self.reason)
+        .bind(&self.message)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("SELECT pg_notify('eye_stored', 'event_errors')").execute(conn).await?;
+        Ok(())
+    }
+}
+
+impl Handler for Validator {
+    type Message = EventBatch;
+    type Error = ValidatorError;
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        rows: &[Claimed<EventBatch>],
+    ) -> Result<(), ValidatorError> {
+        let mut registry = self.registry.lock().await;
+        registry.refresh(conn).await?;
+        let mut valid: Vec<(EventBatch, Headers)> = Vec::with_capacity(rows.len());
+        let mut quarantine = Quarantine::default();
+        let mut undecodable = 0usize;
+        for row in rows {
+            let Ok((app, received_at)) = batch::decode_header(&row.body) else {
+                undecodable += row.body.events.len();
+                tracing::error!(row = row.id, "batch header does not decode");
+                continue;
+            };
+            let mut passed = Vec::with_capacity(row.body.events.len());
+            for event in row.body.events.iter().cloned() {
+                let Ok((event, _)) = batch::decode_event(event) else {
+                    undecodable += 1;
+                    continue;
+                };
+                match self.check(&registry, &event, received_at) {
+                    Ok(version) => passed.push((event, version)),
+                    Err((reason, message)) => {
+                        quarantine.push(app, received_at, event, reason, message)
+                    }
+                }
+            }
+            if !passed.is_empty() {
+                valid.push((batch::encode(app, received_at, passed), row.headers.clone()));
+            }
+        }
+        drop(registry);
+        if undecodable > 0 {
+            // Never drop silently: fail the hand-off so the row is retried and dead-lettered
+            // (kept, with its body) rather than half-processed.
+            return Err(ValidatorError::Undecodable(undecodable));
+        }
+        flush_event::flush_events(conn, WRITE_STAGE, valid.iter().map(|(body, h)| (body, h)))
+            .await?;
+        quarantine.insert(conn).await?;
+        tracing::debug!(
+            rows = rows.len(),
+            quarantined = quarantine.event_id.len(),
+            "batch validated"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! The schema registry: the JSON Schema of each event type, versioned in `event_schemas`, compiled
+//! once per version and cached.
+//!
+//! Registering a schema only ever adds a version, so the row count is a generation number: one
+//! cheap `count(*)` per claimed batch tells whether anything changed, and a schema registered
+//! (or fixed) while the validator runs is in force from the next batch on.
+
+use std::{collections::HashMap, sync::Arc};
+
+use event_model::EventType;
+use sqlx::PgConnection;
+
+/// A compiled schema in force for a type.
+pub struct Schema {
+    pub version: i32,
+    pub validator: Result<jsonschema::Validator, String>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    generation: i64,
+    schemas: HashMap<EventType, Arc<Schema>>,
+}
+
+impl Registry {
+    /// Reloads the latest version of every type if the registry changed since the last load.
+    pub async fn refresh(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let generation: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM event_schemas").fetch_one(&mut *conn).await?;
+        if generation == self.generation {
+            return Ok(());
+        }
+        let rows: Vec<(String, String, i32, serde_json::Value)> = sqlx::query_as(
+            "SELECT DISTINCT ON (category, name) category, name, version, schema \
+             FROM event_schemas ORDER BY category, name, version DESC",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut schemas = HashMap::with_capacity(rows.len());
+        for (category, name, version, schema) in rows {
+            let event_type = EventType::new(category, name);
+            // Reuse what is already compiled for an unchanged version.
+            let compiled = match self.schemas.remove(&event_type) {
+                Some(existing) if existing.version == version => existing,
+                _ => {
+                    let validator = jsonschema::validator_for(&schema).map_err(|e| e.to_string());
+                    if let Err(error) = &validator {
+                        tracing::error!(%event_type, version, %error, "registered schema does not compile");
+                    }
+                    Arc::new(Schema { version, validator })
+                }
+            };
+            schemas.insert(event_type, compiled);
+        }
+        tracing::info!(types = schemas.len(), generation, "schema registry loaded");
+        self.schemas = schemas;
+        self.generation = generation;
+        Ok(())
+    }
+
+    pub fn get(&self, event_type: &EventType) -> Option<Arc<Schema>> {
+        self.schemas.get(event_type).cloned()
+    }
+}
+
+/// Checks `data_json` against `schema`: `Err` names the offending fields (up to three).
+pub fn validate(schema: &Schema, data_json: &str) -> Result<(), String> {
+    let validator = schema
+        .validator
+        .as_ref()
+        .map_err(|error| format!("schema version {} does not compile: {error}", schema.version))?;
+    let instance: serde_json::Value =
+        serde_json::from_str(data_json).map_err(|error| format!("payload is not JSON: {error}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .take(3)
+        .map(|error| {
+            let path = error.instance_path().to_string();
+            let path = if path.is_empty() { "/".to_owned() } else { path };
+            format!("{path}: {error}")
+        })
+        .collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}

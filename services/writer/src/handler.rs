@@ -1,0 +1,65 @@
+//! The writer's outbox handler.
+
+use event_model::batch;
+use eye_proto::v1::EventBatch;
+use flush_event::{Claimed, Handler};
+use sqlx::{PgConnection, PgPool};
+
+use crate::store::{self, Partitions, Rows};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the batch does not decode: {0}")]
+    Undecodable(#[from] batch::DecodeError),
+}
+
+pub struct Writer {
+    pool: PgPool,
+    partitions: Partitions,
+}
+
+impl Writer {
+    pub fn new(pool: PgPool, partitions: Partitions) -> Self {
+        Self { pool, partitions }
+    }
+}
+
+impl Handler for Writer {
+    type Message = EventBatch;
+    type Error = WriterError;
+
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        rows: &[Claimed<EventBatch>],
+    ) -> Result<(), WriterError> {
+        let mut events = Vec::with_capacity(rows.iter().map(|r| r.body.events.len()).sum());
+        for row in rows {
+            let (app, received_at) = batch::decode_header(&row.body)?;
+            for event in row.body.events.iter().cloned() {
+                let (event, version) = batch::decode_event(event)?;
+                events.push((app, received_at, event, version));
+            }
+        }
+        events.sort_unstable_by_key(|(app, _, event, _)| (*app, event.event_id));
+        self.partitions.ensure(&self.pool, events.iter().map(|(_, _, e, _)| e.occurred_at)).await?;
+
+        let mut columns = Rows::default();
+        for (app, received_at, event, version) in events {
+            columns.application_id.push(app.0);
+            columns.event_id.push(event.event_id.0);
+            columns.session_id.push(event.session_id.0);
+            columns.category.push(event.event_type.category);
+            columns.name.push(event.event_type.name);
+            columns.data.push(event.data_json);
+            columns.occurred_at.push(event.occurred_at);
+            columns.received_at.push(received_at);
+            columns.schema_version.push((version > 0).then_some(version));
+        }
+        let stored = store::insert(conn, &columns).await?;
+        tracing::debug!(rows = rows.len(), events = columns.len(), stored, "batch written");
+        Ok(())
+    }
+}
