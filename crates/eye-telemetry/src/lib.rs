@@ -8,6 +8,8 @@
 //!
 //! Never log API keys or payload contents: log ids, counts and codes.
 
+use std::io::IsTerminal;
+
 use eye_service::settings::{LogFormat, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -53,16 +55,25 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> Guard {
         );
     }
     let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // Logs go to stderr: stdout belongs to programs' output (the CLI prints keys there), and
+    // container runtimes collect both streams.
     let _ = match settings.log_format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false),
+                    .with_current_span(false)
+                    .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init(),
     };
     Guard { provider }
 }

@@ -122,6 +122,14 @@ impl Outbox {
     /// Rows that cannot be decoded, and rows already claimed `max_attempts` times whose consumer
     /// never acked (it crashed on them), are dead-lettered here instead of being returned.
     pub async fn claim<M: Message + Default>(&self) -> Result<Vec<Claimed<M>>, Error> {
+        Ok(self.claim_batch().await?.0)
+    }
+
+    /// [`claim`](Self::claim), also returning how many rows the claim took, dead-lettered ones
+    /// included: when that is `batch_size`, more rows may be waiting.
+    pub(crate) async fn claim_batch<M: Message + Default>(
+        &self,
+    ) -> Result<(Vec<Claimed<M>>, usize), Error> {
         // The CTE with LIMIT locks exactly the rows it returns (a subquery in FROM may lock more),
         // and SKIP LOCKED lets concurrent consumers take disjoint batches without waiting.
         let rows: Vec<ClaimedRow> = sqlx::query_as(
@@ -144,7 +152,8 @@ impl Outbox {
         .fetch_all(&self.pool)
         .await?;
 
-        let mut claimed = Vec::with_capacity(rows.len());
+        let taken = rows.len();
+        let mut claimed = Vec::with_capacity(taken);
         for row in rows {
             if row.attempts > self.config.max_attempts {
                 let error = format!(
@@ -171,7 +180,7 @@ impl Outbox {
                 }
             }
         }
-        Ok(claimed)
+        Ok((claimed, taken))
     }
 
     /// Acks claimed rows inside the hand-off transaction `conn` is in: deletes them if, and only

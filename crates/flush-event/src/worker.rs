@@ -58,10 +58,11 @@ pub async fn run_worker<H: Handler>(
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         woken.borrow_and_update();
-        let full = match outbox.claim::<H::Message>().await {
-            Ok(rows) => {
+        let full = match outbox.claim_batch::<H::Message>().await {
+            Ok((rows, taken)) => {
                 failures = 0;
-                let full = rows.len() as i64 >= outbox.config().batch_size;
+                // Counted before claim's dead-lettering: a full claim means more may be waiting.
+                let full = taken as i64 >= outbox.config().batch_size;
                 if !rows.is_empty() {
                     process(&outbox, &*handler, rows).await;
                 }
@@ -105,7 +106,7 @@ async fn process<H: Handler>(outbox: &Outbox, handler: &H, rows: Vec<Claimed<H::
         Err(error) => error,
     };
     if rows.len() == 1 {
-        retry(outbox, &rows[0], &error).await;
+        retry(outbox, &rows[0], error.to_string()).await;
         return;
     }
     tracing::warn!(stage = outbox.stage(), batch = rows.len(), %error, "batch failed; isolating rows");
@@ -113,7 +114,7 @@ async fn process<H: Handler>(outbox: &Outbox, handler: &H, rows: Vec<Claimed<H::
         let single = std::slice::from_ref(&row);
         match hand_off(outbox, handler, single).await {
             Ok(()) | Err(Failure::Outbox(Error::LeaseLost { .. })) => {}
-            Err(error) => retry(outbox, &row, &error).await,
+            Err(error) => retry(outbox, &row, error.to_string()).await,
         }
     }
 }
@@ -129,8 +130,9 @@ async fn hand_off<H: Handler>(
     tx.commit().await.map_err(|e| Failure::Outbox(e.into()))
 }
 
-async fn retry<M, E: std::fmt::Display>(outbox: &Outbox, row: &Claimed<M>, error: &Failure<E>) {
-    let message = error.to_string();
+// Takes the message, not the `Failure`: a reference held across the await would make the worker's
+// future `Send` only for `Sync` handler errors.
+async fn retry<M>(outbox: &Outbox, row: &Claimed<M>, message: String) {
     match outbox.retry(row, &message).await {
         Ok(RetryOutcome::Retried(delay)) => tracing::warn!(
             stage = outbox.stage(), row = row.id, attempts = row.attempts,

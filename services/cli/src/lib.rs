@@ -1,1 +1,67 @@
-//! eye-cli
+//! `eye`: The Eye's command line. It runs the whole pipeline on a laptop (`eye dev`), applies the
+//! migrations, manages applications, API keys and event schemas, and sends test events. Its
+//! [`client`] module is the reusable Rust client of `eye.v1.IngestService`.
+//!
+//! Admin commands (`migrate`, `apps`, `schemas`) use `DATABASE_URL` when it is set (or
+//! `database.url` in the settings); otherwise the same private PostgreSQL as `eye dev` run from the
+//! same directory (`./.eye/pg`), started if needed, so `eye apps create x` works in a second
+//! terminal next to `eye dev` with nothing to export.
+//!
+//! stdout carries results only where scripts rely on it: `eye apps create` and `eye apps key`
+//! print the new API key alone on the last line (`eye apps create x | tail -1`). Errors go to
+//! stderr and exit with status 1. API keys are printed once, when issued, and never logged.
+//!
+//! # Layout
+//! - [`cli`]: the command-line grammar (clap derive).
+//! - [`commands`]: one module per command: [`apps`](commands::apps), [`schemas`](commands::schemas),
+//!   [`send`](commands::send), [`migrate`](commands::migrate), [`dev`](commands::dev).
+//! - [`database`]: which database to use (configured, or the local dev server) and turning
+//!   database errors into messages that say what to do.
+//! - [`client`]: [`Client`](client::Client), an authenticated `IngestService` client.
+//! - `table`: plain-text tables for the `list` commands.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod database;
+mod table;
+
+use eye_service::{
+    Settings,
+    settings::{LogFormat, TelemetrySettings},
+};
+
+pub use cli::{Cli, Command};
+
+/// Adapts logging to a command line: human-readable, and quiet (warnings only) except under
+/// `eye dev`, unless `RUST_LOG` or a non-default `telemetry.log_filter` says otherwise.
+pub fn adapt_telemetry(command: &Command, telemetry: &mut TelemetrySettings) {
+    telemetry.log_format = LogFormat::Pretty;
+    if telemetry.log_filter == TelemetrySettings::default().log_filter {
+        telemetry.log_filter = match command {
+            // sqlx reports every server NOTICE at info ("relation ... already exists, skipping").
+            Command::Dev => "info,sqlx=warn".into(),
+            _ => "warn".into(),
+        };
+    }
+}
+
+/// Runs one command to completion.
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev => commands::dev::run(settings).await,
+        Command::Migrate => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::migrate::run(&pool).await
+        }
+        Command::Apps(command) => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::apps::run(&pool, &settings, command).await
+        }
+        Command::Schemas(command) => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::schemas::run(&pool, command).await
+        }
+        Command::Send(args) => commands::send::run(args).await,
+    }
+}

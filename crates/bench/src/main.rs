@@ -1,0 +1,695 @@
+//! `eye-bench`: the end-to-end benchmark of The Eye.
+//!
+//! It runs the real `eye-ingest`, `eye-validator` and `eye-writer` binaries as processes against a
+//! durable Postgres (fsync on) in a fresh database, drives load through gRPC, and reports:
+//! acknowledged events/s, ack latency percentiles, end-to-end events/s (acknowledged -> stored),
+//! the rate of a raw `COPY` of the same events into an identical table in the same run and the
+//! ratio, peak RSS per service, and outbox table sizes before and after.
+//!
+//! Counts come from SQL over the store, never from estimates: the run fails if any acknowledged
+//! event is missing or stored twice.
+//!
+//! # Scenarios
+//! - `steady`: closed loop, `--concurrency` clients send as fast as acknowledgements allow.
+//! - `latency`: open loop at `--rate` events/s; latency is measured from each batch's scheduled
+//!   send time, so a slow server cannot hide its queueing (no coordinated omission).
+//! - `drain`: only ingest runs while the load is sent; then validator and writer start and the
+//!   backlog's drain rate is measured.
+//!
+//! Run `just bench`, or `cargo build --release --bins && target/release/eye-bench --help`.
+
+use std::{
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use clap::{Parser, ValueEnum};
+use eye_proto::v1::{
+    Event, EventStatus, SendEventsRequest, ingest_service_client::IngestServiceClient,
+};
+use serde::Serialize;
+use sqlx::{Connection, PgConnection};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Scenario {
+    Steady,
+    Latency,
+    Drain,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "End-to-end benchmark of The Eye")]
+struct Args {
+    #[arg(long, value_enum, default_value = "steady")]
+    scenario: Scenario,
+    /// Total events to send.
+    #[arg(long, default_value_t = 200_000)]
+    events: usize,
+    /// Concurrent requests in flight (closed loop).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Events per SendEvents request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Offered load in events/s (latency scenario).
+    #[arg(long, default_value_t = 5_000)]
+    rate: usize,
+    /// Approximate payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    payload_bytes: usize,
+    /// Where the service binaries are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Skip the raw COPY baseline.
+    #[arg(long)]
+    no_copy: bool,
+    /// Longest wait for the store to catch up after the load.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Print only the JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    scenario: Option<Scenario>,
+    events_sent: usize,
+    batch: usize,
+    concurrency: usize,
+    offered_rate: Option<usize>,
+    payload_bytes: usize,
+    acknowledged: usize,
+    rejected: usize,
+    duplicate: usize,
+    failed_requests: usize,
+    ack_seconds: f64,
+    acknowledged_per_second: f64,
+    ack_latency_ms: Percentiles,
+    end_to_end_seconds: f64,
+    end_to_end_per_second: f64,
+    stored: i64,
+    missing: i64,
+    stored_twice: i64,
+    copy_per_second: Option<f64>,
+    ratio_to_copy: Option<f64>,
+    peak_rss_mb: Vec<(String, f64)>,
+    outbox_bytes_before: i64,
+    outbox_bytes_peak: i64,
+    outbox_bytes_after: i64,
+    machine: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<f64>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Self { p50: at(0.50), p95: at(0.95), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.batch == 0 || args.events == 0 || args.concurrency == 0 {
+        bail!("--events, --batch and --concurrency must be at least 1");
+    }
+    let server = server_url()?;
+    let db = fresh_database(&server).await?;
+    let report = run(&args, &db).await;
+    drop_database(&server, &db.name).await;
+    let report = report?;
+    print_report(&report, args.json)?;
+    if report.missing != 0 || report.stored_twice != 0 || report.failed_requests != 0 {
+        bail!(
+            "verification failed: {} missing, {} stored twice, {} failed requests",
+            report.missing,
+            report.stored_twice,
+            report.failed_requests
+        );
+    }
+    Ok(())
+}
+
+async fn run(args: &Args, db: &Database) -> anyhow::Result<Report> {
+    let mut conn = PgConnection::connect(&db.url).await?;
+    let key = create_key(&mut conn).await?;
+    register_schema(&mut conn).await?;
+    let mut report = Report {
+        scenario: Some(args.scenario),
+        events_sent: args.events,
+        batch: args.batch,
+        concurrency: args.concurrency,
+        offered_rate: (args.scenario == Scenario::Latency).then_some(args.rate),
+        payload_bytes: args.payload_bytes,
+        machine: machine(),
+        ..Default::default()
+    };
+    report.outbox_bytes_before = outbox_bytes(&mut conn).await?;
+
+    let port = free_port()?;
+    let mut services = vec![spawn(args, "eye-ingest", &db.url, port)?];
+    if args.scenario != Scenario::Drain {
+        services.push(spawn(args, "eye-validator", &db.url, port)?);
+        services.push(spawn(args, "eye-writer", &db.url, port)?);
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_until_serving(&endpoint).await?;
+
+    let batches = Arc::new(make_batches(args));
+    let channels = connect(&endpoint, args.concurrency.min(4)).await?;
+    let started = Instant::now();
+    let outcome = match args.scenario {
+        Scenario::Latency => open_loop(args, &key, batches.clone(), &channels).await,
+        _ => closed_loop(args, &key, batches.clone(), &channels).await,
+    };
+    report.ack_seconds = started.elapsed().as_secs_f64();
+    report.acknowledged = outcome.accepted;
+    report.rejected = outcome.rejected;
+    report.duplicate = outcome.duplicate;
+    report.failed_requests = outcome.failed;
+    report.acknowledged_per_second = outcome.accepted as f64 / report.ack_seconds;
+    report.ack_latency_ms = Percentiles::of(outcome.latencies_ms);
+
+    let drain_started = Instant::now();
+    if args.scenario == Scenario::Drain {
+        report.outbox_bytes_peak = outbox_bytes(&mut conn).await?;
+        services.push(spawn(args, "eye-validator", &db.url, port)?);
+        services.push(spawn(args, "eye-writer", &db.url, port)?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    loop {
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut conn).await?;
+        if stored >= report.acknowledged as i64 && pending == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "timed out: {stored} of {} stored, {pending} outbox rows",
+                report.acknowledged
+            );
+            break;
+        }
+        if args.scenario != Scenario::Drain {
+            report.outbox_bytes_peak = report.outbox_bytes_peak.max(outbox_bytes(&mut conn).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (e2e_start, e2e_end) = if args.scenario == Scenario::Drain {
+        (drain_started, Instant::now())
+    } else {
+        (started, Instant::now())
+    };
+    report.end_to_end_seconds = (e2e_end - e2e_start).as_secs_f64();
+
+    for service in &mut services {
+        report.peak_rss_mb.push((service.name.to_owned(), peak_rss_mb(&service.child)));
+    }
+    for service in &mut services {
+        service.stop().await;
+    }
+
+    verify(&mut conn, &batches, &mut report).await?;
+    report.end_to_end_per_second = report.stored as f64 / report.end_to_end_seconds;
+    sqlx::query("VACUUM outbox").execute(&mut conn).await?;
+    report.outbox_bytes_after = outbox_bytes(&mut conn).await?;
+
+    if !args.no_copy {
+        let rate = copy_baseline(&mut conn, &batches).await?;
+        report.copy_per_second = Some(rate);
+        report.ratio_to_copy = Some(report.end_to_end_per_second / rate);
+    }
+    Ok(report)
+}
+
+/// Every acknowledged event stored exactly once, checked in SQL against the ids that were sent.
+async fn verify(
+    conn: &mut PgConnection,
+    batches: &[SendEventsRequest],
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    sqlx::query("CREATE TEMP TABLE sent (event_id uuid PRIMARY KEY)").execute(&mut *conn).await?;
+    let mut copy = conn.copy_in_raw("COPY sent (event_id) FROM STDIN").await?;
+    let mut buffer = String::with_capacity(64 * 1024);
+    for event in batches.iter().flat_map(|b| &b.events) {
+        buffer.push_str(&event.event_id);
+        buffer.push('\n');
+        if buffer.len() > 60_000 {
+            copy.send(std::mem::take(&mut buffer).into_bytes()).await?;
+        }
+    }
+    copy.send(buffer.into_bytes()).await?;
+    copy.finish().await?;
+    report.stored = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut *conn).await?;
+    report.missing = sqlx::query_scalar(
+        "SELECT count(*) FROM sent s WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = s.event_id)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    report.stored_twice = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT 1 FROM events GROUP BY application_id, event_id HAVING count(*) > 1) d",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The rate of a raw COPY of the same events into an identical, empty `events` table.
+async fn copy_baseline(
+    conn: &mut PgConnection,
+    batches: &[SendEventsRequest],
+) -> anyhow::Result<f64> {
+    sqlx::query(
+        "CREATE TABLE copy_events (LIKE events INCLUDING ALL) PARTITION BY RANGE (occurred_at)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    // The same month partitions as `events`.
+    let partitions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, bound) in partitions {
+        sqlx::query(&format!("CREATE TABLE copy_{name} PARTITION OF copy_events {bound}"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    let app = Uuid::new_v4().to_string();
+    let received = Utc::now().to_rfc3339();
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw(
+            "COPY copy_events (application_id, event_id, session_id, category, name, data, \
+             occurred_at, received_at, schema_version) FROM STDIN",
+        )
+        .await?;
+    let mut buffer = String::with_capacity(256 * 1024);
+    let mut rows = 0usize;
+    for event in batches.iter().flat_map(|b| &b.events) {
+        let at = event.timestamp.as_ref().expect("timestamp");
+        let occurred = chrono::DateTime::from_timestamp(at.seconds, at.nanos as u32).expect("time");
+        for field in [
+            app.as_str(),
+            &event.event_id,
+            &event.session_id,
+            &event.category,
+            &event.name,
+            &copy_escape(&event.data_json),
+            &occurred.to_rfc3339(),
+            &received,
+        ] {
+            buffer.push_str(field);
+            buffer.push('\t');
+        }
+        buffer.push_str("1\n");
+        rows += 1;
+        if buffer.len() > 240_000 {
+            copy.send(std::mem::take(&mut buffer).into_bytes()).await?;
+        }
+    }
+    copy.send(buffer.into_bytes()).await?;
+    copy.finish().await?;
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+fn copy_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n").replace('\r', "\\r")
+}
+
+#[derive(Default)]
+struct Outcome {
+    accepted: usize,
+    rejected: usize,
+    duplicate: usize,
+    failed: usize,
+    latencies_ms: Vec<f64>,
+}
+
+impl Outcome {
+    fn merge(&mut self, other: Outcome) {
+        self.accepted += other.accepted;
+        self.rejected += other.rejected;
+        self.duplicate += other.duplicate;
+        self.failed += other.failed;
+        self.latencies_ms.extend(other.latencies_ms);
+    }
+
+    fn record(
+        &mut self,
+        result: Result<tonic::Response<eye_proto::v1::SendEventsResponse>, tonic::Status>,
+        latency: Duration,
+    ) {
+        self.latencies_ms.push(latency.as_secs_f64() * 1000.0);
+        match result {
+            Ok(response) => {
+                for result in response.into_inner().results {
+                    match result.status() {
+                        EventStatus::Accepted => self.accepted += 1,
+                        EventStatus::Duplicate => self.duplicate += 1,
+                        _ => self.rejected += 1,
+                    }
+                }
+            }
+            Err(status) => {
+                eprintln!("request failed: {:?} {}", status.code(), status.message());
+                self.failed += 1;
+            }
+        }
+    }
+}
+
+async fn closed_loop(
+    args: &Args,
+    key: &str,
+    batches: Arc<Vec<SendEventsRequest>>,
+    channels: &[Channel],
+) -> Outcome {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        let mut client = IngestServiceClient::new(channels[worker % channels.len()].clone());
+        let (next, batches, key) = (next.clone(), batches.clone(), key.to_owned());
+        tasks.spawn(async move {
+            let mut outcome = Outcome::default();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = batches.get(index) else { return outcome };
+                let started = Instant::now();
+                let result = client.send_events(authorized(batch.clone(), &key)).await;
+                outcome.record(result, started.elapsed());
+            }
+        });
+    }
+    let mut outcome = Outcome::default();
+    while let Some(done) = tasks.join_next().await {
+        outcome.merge(done.expect("load task"));
+    }
+    outcome
+}
+
+async fn open_loop(
+    args: &Args,
+    key: &str,
+    batches: Arc<Vec<SendEventsRequest>>,
+    channels: &[Channel],
+) -> Outcome {
+    let interval = Duration::from_secs_f64(args.batch as f64 / args.rate as f64);
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, batch) in batches.iter().enumerate() {
+        let scheduled = start + interval * index as u32;
+        tokio::time::sleep_until(scheduled).await;
+        let mut client = IngestServiceClient::new(channels[index % channels.len()].clone());
+        let request = authorized(batch.clone(), key);
+        tasks.spawn(async move {
+            let result = client.send_events(request).await;
+            (result, scheduled.elapsed())
+        });
+    }
+    let mut outcome = Outcome::default();
+    while let Some(done) = tasks.join_next().await {
+        let (result, latency) = done.expect("load task");
+        outcome.record(result, latency);
+    }
+    outcome
+}
+
+fn authorized(batch: SendEventsRequest, key: &str) -> tonic::Request<SendEventsRequest> {
+    let mut request = tonic::Request::new(batch);
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
+    request
+}
+
+/// The events, built before the clock starts: 20 events per session, pageviews of the last hour.
+fn make_batches(args: &Args) -> Vec<SendEventsRequest> {
+    let now = Utc::now();
+    let pad = "x".repeat(args.payload_bytes.saturating_sub(60));
+    let mut session = Uuid::new_v4();
+    let events: Vec<Event> = (0..args.events)
+        .map(|i| {
+            if i % 20 == 0 {
+                session = Uuid::new_v4();
+            }
+            let at = now - chrono::Duration::milliseconds((args.events - i) as i64 % 3_600_000);
+            Event {
+                event_id: Uuid::now_v7().to_string(),
+                session_id: session.to_string(),
+                category: "page interaction".into(),
+                name: "pageview".into(),
+                data_json: format!(r#"{{"host":"shop.example","path":"/p/{i}","pad":"{pad}"}}"#),
+                timestamp: Some(prost_types::Timestamp {
+                    seconds: at.timestamp(),
+                    nanos: at.timestamp_subsec_nanos() as i32,
+                }),
+            }
+        })
+        .collect();
+    events
+        .chunks(args.batch)
+        .map(|chunk| SendEventsRequest { events: chunk.to_vec(), sent_at: None })
+        .collect()
+}
+
+async fn connect(endpoint: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(count);
+    for _ in 0..count {
+        channels.push(Channel::from_shared(endpoint.to_owned())?.connect().await?);
+    }
+    Ok(channels)
+}
+
+async fn wait_until_serving(endpoint: &str) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = Channel::from_shared(endpoint.to_owned())?.connect().await {
+            let mut health = HealthClient::new(channel);
+            let request = HealthCheckRequest { service: "eye.v1.IngestService".into() };
+            if let Ok(response) = health.check(request).await
+                && response.into_inner().status() == ServingStatus::Serving
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("ingest did not become SERVING within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Service {
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        if tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+fn spawn(
+    args: &Args,
+    name: &'static str,
+    database_url: &str,
+    port: u16,
+) -> anyhow::Result<Service> {
+    let path = args.bin_dir.join(name);
+    let child = Command::new(&path)
+        .env("DATABASE_URL", database_url)
+        .env("EYE__INGEST__HOST", "127.0.0.1")
+        .env("EYE__INGEST__PORT", port.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!("cannot start {} (build with `cargo build --release --bins`)", path.display())
+        })?;
+    Ok(Service { name, child })
+}
+
+/// Peak resident set size (VmHWM) of a running child, in MB.
+fn peak_rss_mb(child: &Child) -> f64 {
+    let Some(pid) = child.id() else { return 0.0 };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn outbox_bytes(conn: &mut PgConnection) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT pg_total_relation_size('outbox')").fetch_one(conn).await?)
+}
+
+async fn create_key(conn: &mut PgConnection) -> anyhow::Result<String> {
+    let app = Uuid::new_v4();
+    let (key, hash) = eye_service::auth::generate_key();
+    sqlx::query("INSERT INTO applications (id, name) VALUES ($1, 'bench')")
+        .bind(app)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO api_keys (id, application_id, key_hash) VALUES ($1, $2, $3)")
+        .bind(Uuid::new_v4())
+        .bind(app)
+        .bind(&hash[..])
+        .execute(conn)
+        .await?;
+    Ok(key)
+}
+
+/// The shipped pageview schema, so that validation does its real work.
+async fn register_schema(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../schemas/page_interaction.pageview.json"))?;
+    sqlx::query(
+        "INSERT INTO event_schemas (category, name, version, schema) VALUES ('page interaction', 'pageview', 1, $1)",
+    )
+    .bind(schema)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+struct Database {
+    name: String,
+    url: String,
+}
+
+/// `DATABASE_URL`, or a durable private server under `target/eye-bench-pg`.
+fn server_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return Ok(url);
+    }
+    let cwd = std::env::current_dir()?;
+    let options = local_postgres::Options {
+        base_dir: cwd.join("target").join("eye-bench-pg"),
+        fallback_key: format!("{}#bench", cwd.display()),
+        durable: true,
+    };
+    Ok(local_postgres::LocalPostgres::ensure(&options)?.url().to_owned())
+}
+
+async fn fresh_database(server: &str) -> anyhow::Result<Database> {
+    let name = format!("eye_bench_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(server).await?;
+    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#)).execute(&mut admin).await?;
+    let url = match server.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => bail!("DATABASE_URL must name a database"),
+    };
+    let mut conn = PgConnection::connect(&url).await?;
+    eye_service::database::MIGRATOR.run(&mut conn).await?;
+    Ok(Database { name, url })
+}
+
+async fn drop_database(server: &str, name: &str) {
+    if let Ok(mut admin) = PgConnection::connect(server).await {
+        let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+fn print_report(report: &Report, json_only: bool) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(report)?);
+    if json_only {
+        return Ok(());
+    }
+    let l = &report.ack_latency_ms;
+    eprintln!();
+    eprintln!(
+        "scenario            {:?} ({} events, batch {}, concurrency {})",
+        report.scenario.unwrap_or(Scenario::Steady),
+        report.events_sent,
+        report.batch,
+        report.concurrency
+    );
+    eprintln!(
+        "acknowledged        {} ({:.0}/s), rejected {}, duplicate {}, failed requests {}",
+        report.acknowledged,
+        report.acknowledged_per_second,
+        report.rejected,
+        report.duplicate,
+        report.failed_requests
+    );
+    eprintln!(
+        "ack latency ms      p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
+        l.p50, l.p95, l.p99, l.max
+    );
+    eprintln!(
+        "end to end          {:.0} events/s ({} stored in {:.2} s)",
+        report.end_to_end_per_second, report.stored, report.end_to_end_seconds
+    );
+    eprintln!(
+        "verification        missing {}, stored twice {}",
+        report.missing, report.stored_twice
+    );
+    if let (Some(copy), Some(ratio)) = (report.copy_per_second, report.ratio_to_copy) {
+        eprintln!("raw COPY            {copy:.0} events/s; ratio {ratio:.2}");
+    }
+    for (name, rss) in &report.peak_rss_mb {
+        eprintln!("peak RSS            {name}: {rss:.1} MB");
+    }
+    eprintln!(
+        "outbox bytes        before {}  peak {}  after {}",
+        report.outbox_bytes_before, report.outbox_bytes_peak, report.outbox_bytes_after
+    );
+    eprintln!("machine             {}", report.machine);
+    Ok(())
+}

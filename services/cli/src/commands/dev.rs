@@ -1,0 +1,117 @@
+//! `eye dev`: the whole pipeline in one process, on a laptop, with nothing to set up.
+//!
+//! 1. The database: `DATABASE_URL` if set, else a private PostgreSQL under `./.eye/pg` (started,
+//!    or reused if already running; it keeps running after `eye dev` exits, so the next start is
+//!    instant and `eye apps` / `eye schemas` in another terminal find it).
+//! 2. Migrations, then the example schemas of `schemas/` (unchanged ones are no-ops).
+//! 3. Ingest (binding its port first, so a busy port fails before anything is issued), the
+//!    validator and the writer, built from the same settings.
+//! 4. A fresh API key for the application `dev` (ingest + read): keys are shown once, so every
+//!    run issues one. It is printed last, alone on its line.
+//! 5. Everything runs until SIGINT/SIGTERM, then drains; a service failing stops the others.
+
+use anyhow::Context;
+use eye_service::{Settings, auth::Role};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{apps, migrate, schemas};
+use crate::database::{self, Source};
+
+/// The application `eye dev` issues keys for.
+pub const DEV_APPLICATION: &str = "dev";
+
+/// Runs `eye dev` until a signal, then drains.
+pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    let shutdown = eye_service::shutdown::on_signal();
+    let source = database::resolve(&mut settings).await?;
+    let pool = database::connect(&settings.database).await?;
+    migrate::migrate(&pool).await?;
+    let registered = schemas::register_examples(&pool).await?;
+
+    let ingest = eye_ingest::Application::build(settings.clone()).await.with_context(|| {
+        format!(
+            "cannot start ingest on {}:{} (another `eye dev` or eye-ingest running? \
+             EYE__INGEST__PORT=0 picks a free port)",
+            settings.ingest.host, settings.ingest.port
+        )
+    })?;
+    let port = ingest.port();
+    let validator = eye_validator::Application::build(settings.clone()).await?;
+    let writer = eye_writer::Application::build(settings.clone()).await?;
+    if shutdown.is_cancelled() {
+        // Stopped while starting: issue no key nobody will see.
+        return Ok(());
+    }
+
+    let issued =
+        apps::ensure_and_issue_key(&pool, DEV_APPLICATION, &[Role::Ingest, Role::Read]).await?;
+    pool.close().await;
+
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let database_url = match &source {
+        Source::DevServer { url } => url.as_str(),
+        Source::Configured => "(as configured: DATABASE_URL)",
+    };
+    let mut banner =
+        String::from("eye dev: ingest, validator and writer are running; Ctrl-C stops them\n");
+    for (category, name, registration) in registered {
+        banner
+            .push_str(&format!("  schema: {}\n", schemas::describe(category, name, registration)));
+    }
+    banner.push_str(&format!(
+        "  ingest endpoint: {endpoint}\n\
+         \x20 DATABASE_URL:    {database_url}   (psql \"$DATABASE_URL\" -c 'SELECT count(*) FROM events')\n\
+         \x20 send an event:   export EYE_API_KEY=<the key below>\n\
+         \x20                  eye send --endpoint {endpoint} --category 'page interaction' \
+         --name pageview --data '{{\"host\": \"example.com\", \"path\": \"/\"}}'\n\
+         \x20 api key of application `{DEV_APPLICATION}` (roles {}), shown only this once:\n\
+         {}",
+        issued.roles.join(", "),
+        issued.key,
+    ));
+    println!("{banner}");
+
+    let mut services = JoinSet::new();
+    services.spawn(named("ingest", ingest.run_until_stopped(shutdown.clone())));
+    services.spawn(named("validator", validator.run_until_stopped(shutdown.clone())));
+    services.spawn(named("writer", writer.run_until_stopped(shutdown.clone())));
+    let first_error = supervise(&mut services, &shutdown).await;
+    match first_error {
+        Some(error) => Err(error),
+        None => {
+            tracing::info!("eye dev stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn named(
+    name: &'static str,
+    service: impl Future<Output = anyhow::Result<()>>,
+) -> (&'static str, anyhow::Result<()>) {
+    (name, service.await)
+}
+
+/// Waits for every service. The first to stop on its own (an error, or returning before
+/// shutdown) stops the others. Returns the first error.
+async fn supervise(
+    services: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: &CancellationToken,
+) -> Option<anyhow::Error> {
+    let mut first_error = None;
+    while let Some(joined) = services.join_next().await {
+        let error = match joined {
+            Ok((_, Ok(()))) if shutdown.is_cancelled() => None,
+            Ok((name, Ok(()))) => Some(anyhow::anyhow!("{name} stopped unexpectedly")),
+            Ok((name, Err(error))) => Some(error.context(format!("{name} failed"))),
+            Err(error) => Some(anyhow::anyhow!("a service task failed: {error}")),
+        };
+        if let Some(error) = error {
+            tracing::error!(error = format!("{error:#}"), "stopping eye dev");
+            shutdown.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error
+}

@@ -1,0 +1,15 @@
+//! One module per `eye` command. Each exposes the operation as a function usable from Rust (tests,
+//! `eye dev`) and a `run` that prints for humans.
+
+pub mod apps;
+pub mod dev;
+pub mod migrate;
+pub mod schemas;
+pub mod send;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// A timestamp for humans and scripts alike: RFC 3339, whole seconds, UTC.
+pub(crate) fn format_time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Secs, true)
+}

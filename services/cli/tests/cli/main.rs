@@ -1,0 +1,362 @@
+//! The real `eye` binary, run as a process against a fresh database per test.
+
+use std::{path::PathBuf, process::ExitStatus};
+
+use eye_test_support::TestDb;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// What one run of `eye` did.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn success(self) -> Self {
+        assert!(self.status.success(), "eye failed: {}\nstdout:\n{}", self.stderr, self.stdout);
+        self
+    }
+
+    fn failure(self) -> Self {
+        assert!(!self.status.success(), "eye succeeded unexpectedly:\n{}", self.stdout);
+        assert_eq!(self.status.code(), Some(1));
+        self
+    }
+
+    fn last_line(&self) -> &str {
+        self.stdout.lines().last().expect("some output")
+    }
+}
+
+/// Runs `eye ARGS` against `database_url` with an environment cleared of Eye settings.
+async fn eye(database_url: &str, args: &[&str]) -> Run {
+    eye_with_env(database_url, args, &[]).await
+}
+
+async fn eye_with_env(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_eye"));
+    command.args(args).env("DATABASE_URL", database_url);
+    for name in ["EYE_CONFIG", "EYE_API_KEY", "EYE_ENDPOINT", "RUST_LOG"] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    let output = command.output().await.expect("run eye");
+    Run {
+        status: output.status,
+        stdout: String::from_utf8(output.stdout).expect("utf-8 stdout"),
+        stderr: String::from_utf8(output.stderr).expect("utf-8 stderr"),
+    }
+}
+
+fn is_key(line: &str) -> bool {
+    line.len() == 68 && line.starts_with("eye_") && line[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A directory of its own for a test's files, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("eye-cli-test-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn file(&self, name: &str, contents: &str) -> String {
+        let path = self.0.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn apps_create_prints_the_key_last_and_stores_only_its_hash() {
+    let db = TestDb::new().await;
+    let run = eye(&db.url, &["apps", "create", "shop"]).await.success();
+    let key = run.last_line().to_owned();
+    assert!(is_key(&key), "last line is not a key: {:?}", run.stdout);
+    let before_key = &run.stdout[..run.stdout.len() - key.len() - 1];
+    assert!(!before_key.contains(&key) && !run.stderr.contains(&key));
+    assert!(before_key.contains("shop"), "{}", run.stdout);
+
+    let (hash, roles): (Vec<u8>, Vec<String>) = sqlx::query_as(
+        "SELECT k.key_hash, k.roles FROM api_keys k JOIN applications a ON a.id = k.application_id \
+         WHERE a.name = 'shop'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(hash, eye_service::auth::hash_key(&key));
+    assert_eq!(roles, ["ingest"]);
+    // Neither the key nor its bytes are stored anywhere in either table.
+    let raw_hex = format!("\\\\x{}", hex_of(key.as_bytes()));
+    let leaks: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM api_keys k \
+                 WHERE strpos(row_to_json(k)::text, $1) > 0 OR strpos(row_to_json(k)::text, $2) > 0) \
+              + (SELECT count(*) FROM applications a WHERE strpos(row_to_json(a)::text, $1) > 0)",
+    )
+    .bind(&key)
+    .bind(&raw_hex)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leaks, 0);
+
+    let run = eye(&db.url, &["apps", "create", "shop"]).await.failure();
+    assert!(run.stderr.contains("already exists"), "{}", run.stderr);
+    assert!(run.stderr.contains("eye apps key shop"), "{}", run.stderr);
+    assert!(!run.stderr.contains("INSERT"), "{}", run.stderr);
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM api_keys").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(count, 1, "a failed create issued no key");
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn apps_key_list_and_revoke() {
+    let db = TestDb::new().await;
+    let first = eye(&db.url, &["apps", "create", "web shop"]).await.success();
+    let second = eye(&db.url, &["apps", "key", "web shop", "--role", "read", "--role", "ingest"])
+        .await
+        .success();
+    let (first, second) = (first.last_line().to_owned(), second.last_line().to_owned());
+    assert!(is_key(&second) && second != first);
+    let roles: Vec<String> = sqlx::query_scalar("SELECT roles FROM api_keys WHERE key_hash = $1")
+        .bind(&eye_service::auth::hash_key(&second)[..])
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(roles, ["ingest", "read"]);
+
+    let list = eye(&db.url, &["apps", "list"]).await.success();
+    let line = list.stdout.lines().find(|line| line.starts_with("web shop")).expect("listed");
+    let columns: Vec<&str> = line.split("  ").filter(|c| !c.is_empty()).map(str::trim).collect();
+    assert_eq!(columns[3..], ["-", "2", "ingest,read"], "{}", list.stdout);
+
+    let run = eye(&db.url, &["apps", "revoke", "web shop"]).await.success();
+    assert!(run.stdout.contains("2 active key(s)"), "{}", run.stdout);
+    let (app_revoked, keys_active): (bool, i64) = sqlx::query_as(
+        "SELECT a.revoked_at IS NOT NULL, \
+                (SELECT count(*) FROM api_keys k WHERE k.application_id = a.id AND k.revoked_at IS NULL) \
+         FROM applications a WHERE a.name = 'web shop'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(app_revoked);
+    assert_eq!(keys_active, 0);
+
+    let run = eye(&db.url, &["apps", "key", "web shop"]).await.failure();
+    assert!(run.stderr.contains("revoked"), "{}", run.stderr);
+    let run = eye(&db.url, &["apps", "create", "web shop"]).await.failure();
+    assert!(run.stderr.contains("revoked"), "{}", run.stderr);
+    let run = eye(&db.url, &["apps", "revoke", "nobody"]).await.failure();
+    assert!(run.stderr.contains("no application named `nobody`"), "{}", run.stderr);
+    let run = eye(&db.url, &["apps", "key", "nobody"]).await.failure();
+    assert!(run.stderr.contains("eye apps create nobody"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn schemas_put_adds_versions_only_for_changes() {
+    let db = TestDb::new().await;
+    let dir = TempDir::new();
+    let v1 = dir.file("v1.json", r#"{"type": "object", "required": ["path"]}"#);
+    // Same schema, other formatting: jsonb equality says unchanged.
+    let v1_again =
+        dir.file("v1-again.json", "{\n  \"required\": [\"path\"],\n  \"type\": \"object\"\n}");
+    let v2 = dir.file("v2.json", r#"{"type": "object", "required": ["path", "host"]}"#);
+    let put = |file: String| {
+        let url = db.url.clone();
+        async move {
+            eye(
+                &url,
+                &["schemas", "put", "--category", "page interaction", "--name", "pageview", &file],
+            )
+            .await
+        }
+    };
+
+    let run = put(v1.clone()).await.success();
+    assert!(run.stdout.contains("version 1"), "{}", run.stdout);
+    let run = put(v1_again).await.success();
+    assert!(run.stdout.contains("unchanged (version 1)"), "{}", run.stdout);
+    let run = put(v2).await.success();
+    assert!(
+        run.stdout.contains("registered page interaction/pageview version 2"),
+        "{}",
+        run.stdout
+    );
+    let run = put(v1).await.success();
+    assert!(run.stdout.contains("version 3"), "going back is a change: {}", run.stdout);
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM event_schemas ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3]);
+
+    let invalid = dir.file("invalid.json", r#"{"type": 12}"#);
+    let run = put(invalid.clone()).await.failure();
+    assert!(
+        run.stderr.contains(&invalid) && run.stderr.contains("not a valid JSON Schema"),
+        "{}",
+        run.stderr
+    );
+    let not_json = dir.file("not-json.json", "{type: object");
+    let run = put(not_json.clone()).await.failure();
+    assert!(
+        run.stderr.contains(&not_json) && run.stderr.contains("not valid JSON"),
+        "{}",
+        run.stderr
+    );
+    let missing = dir.0.join("missing.json").display().to_string();
+    let run = put(missing.clone()).await.failure();
+    assert!(run.stderr.contains(&missing) && run.stderr.contains("cannot read"), "{}", run.stderr);
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM event_schemas").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(count, 3, "failed puts registered nothing");
+
+    let list = eye(&db.url, &["schemas", "list"]).await.success();
+    let line =
+        list.stdout.lines().find(|line| line.starts_with("page interaction")).expect("listed");
+    assert!(line.contains("pageview") && line.contains(" 3 "), "{}", list.stdout);
+}
+
+#[tokio::test]
+async fn concurrent_schema_puts_get_consecutive_versions() {
+    let db = TestDb::new().await;
+    let dir = TempDir::new();
+    let files: Vec<String> = (0..4)
+        .map(|i| {
+            dir.file(
+                &format!("s{i}.json"),
+                &format!(r#"{{"type": "object", "maxProperties": {i}}}"#),
+            )
+        })
+        .collect();
+    let runs =
+        futures_join(
+            files.iter().map(|file| {
+                let url = db.url.clone();
+                let file = file.clone();
+                async move {
+                    eye(&url, &["schemas", "put", "--category", "c", "--name", "n", &file]).await
+                }
+            }),
+        )
+        .await;
+    for run in runs {
+        run.success();
+    }
+    let versions: Vec<i32> =
+        sqlx::query_scalar("SELECT version FROM event_schemas ORDER BY version")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(versions, [1, 2, 3, 4]);
+}
+
+/// Awaits all futures concurrently (tasks, so the processes really overlap).
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
+
+#[tokio::test]
+async fn admin_commands_ask_for_migrations_then_migrate() {
+    let db = TestDb::new().await;
+    let name = format!("eye_cli_empty_{}", Uuid::new_v4().simple());
+    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#)).execute(&db.pool).await.unwrap();
+    let url = with_database(&db.url, &name);
+
+    let run = eye(&url, &["apps", "list"]).await.failure();
+    assert!(run.stderr.contains("eye migrate"), "{}", run.stderr);
+    let run = eye(&url, &["schemas", "list"]).await.failure();
+    assert!(run.stderr.contains("eye migrate"), "{}", run.stderr);
+    let run = eye(&url, &["migrate"]).await.success();
+    assert!(run.stdout.contains("applied"), "{}", run.stdout);
+    let run = eye(&url, &["migrate"]).await.success();
+    assert!(run.stdout.contains("nothing to apply"), "{}", run.stdout);
+    let run = eye(&url, &["apps", "list"]).await.success();
+    assert!(run.stdout.contains("no applications yet"), "{}", run.stdout);
+
+    sqlx::query(&format!(r#"DROP DATABASE "{name}" WITH (FORCE)"#))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+    let (server, _) = base.rsplit_once('/').expect("url with a database");
+    if query.is_empty() {
+        format!("{server}/{database}")
+    } else {
+        format!("{server}/{database}?{query}")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_reaches_a_real_ingest_server() {
+    let db = TestDb::new().await;
+    let ingest = eye_ingest::Application::build(db.settings()).await.unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", ingest.port());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(ingest.run_until_stopped(shutdown.clone()));
+
+    let key = eye(&db.url, &["apps", "create", "sender"]).await.success().last_line().to_owned();
+    let send = |key: String, data: &'static str| {
+        let (url, endpoint) = (db.url.clone(), endpoint.clone());
+        async move {
+            let args =
+                ["send", "--endpoint", &endpoint, "--category", "c", "--name", "n", "--data", data];
+            eye_with_env(&url, &args, &[("EYE_API_KEY", &key)]).await
+        }
+    };
+
+    let run = send(key.clone(), r#"{"a":1}"#).await.success();
+    assert!(run.stdout.contains("ACCEPTED"), "{}", run.stdout);
+    assert!(!run.stdout.contains(&key) && !run.stderr.contains(&key));
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stage = 'validate'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(queued, 1);
+
+    // The key can also come from the command line.
+    let args = ["send", "--endpoint", &endpoint, "--key", &key, "--category", "c", "--name", "n"];
+    let run = eye(&db.url, &[&args[..], &["--data", r#"{"b":2}"#]].concat()).await.success();
+    assert!(run.stdout.contains("ACCEPTED"), "{}", run.stdout);
+
+    let run = send(key.clone(), "[1]").await.failure();
+    assert!(run.stdout.contains("REJECTED"), "{}", run.stdout);
+
+    let wrong = format!("eye_{}", "0".repeat(64));
+    let run = send(wrong, r#"{"a":1}"#).await.failure();
+    assert!(run.stderr.contains("unauthenticated"), "{}", run.stderr);
+
+    let help = eye_with_env(&db.url, &["send", "--help"], &[("EYE_API_KEY", &key)]).await.success();
+    assert!(!help.stdout.contains(&key), "--help shows the key");
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
