@@ -15,5 +15,16 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# The end-to-end benchmark (release binaries, durable Postgres); pass options after, e.g.
+# `just bench --scenario latency --rate 5000` (see `target/release/eye-bench --help`).
+bench *ARGS:
+    cargo build --release --bins
+    target/release/eye-bench {{ARGS}}
+
+# The benchmark's correctness check at small scale (counts only, no timing), as CI runs it.
+bench-check:
+    cargo build --bins
+    target/debug/eye-bench --bin-dir target/debug --events 20000 --batch 200 --no-copy --json
+
 # What CI checks.
 verify: lint test

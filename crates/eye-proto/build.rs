@@ -5,7 +5,7 @@ use std::{env, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["eye/v1/ingest.proto", "eye/v1/outbox.proto"];
+const PROTOS: &[&str] = &["eye/v1/ingest.proto", "eye/v1/outbox.proto", "eye/v1/query.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -1,5 +1,5 @@
-//! Harness for end-to-end tests: starts ingest, validators and writers in-process on free ports
-//! against a fresh database, and talks to them over real gRPC.
+//! Harness for end-to-end tests: starts ingest, validators, writers and (optionally) the query
+//! server in-process on free ports against a fresh database, and talks to them over real gRPC.
 //!
 //! # Layout
 //! - [`Pipeline`]: the running services and a client factory.
@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use eye_proto::v1::{Event, ingest_service_client::IngestServiceClient};
+use eye_proto::v1::{
+    Event, ingest_service_client::IngestServiceClient, query_service_client::QueryServiceClient,
+};
 use eye_test_support::TestDb;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -19,6 +21,8 @@ use uuid::Uuid;
 /// Services running against one test database.
 pub struct Pipeline {
     pub ingest_port: u16,
+    /// The query server's port, when started ([`Pipeline::start_with_query`]).
+    pub query_port: Option<u16>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -27,6 +31,15 @@ impl Pipeline {
     /// Ingest plus `validators` validators and `writers` writers (each a separate service
     /// instance with its own pool and claim loops, as separate processes would be).
     pub async fn start(db: &TestDb, validators: usize, writers: usize) -> Self {
+        Self::start_services(db, validators, writers, false).await
+    }
+
+    /// [`start`](Self::start) plus the query server.
+    pub async fn start_with_query(db: &TestDb, validators: usize, writers: usize) -> Self {
+        Self::start_services(db, validators, writers, true).await
+    }
+
+    async fn start_services(db: &TestDb, validators: usize, writers: usize, query: bool) -> Self {
         let mut settings = db.settings();
         for consumer in [&mut settings.validator.consumer, &mut settings.writer.consumer] {
             consumer.poll_interval_ms = 200;
@@ -55,7 +68,16 @@ impl Pipeline {
                 async move { app.run_until_stopped(token).await.expect("writer") },
             ));
         }
-        Self { ingest_port, shutdown, tasks }
+        let mut query_port = None;
+        if query {
+            let app = eye_query::Application::build(settings.clone()).await.expect("build query");
+            query_port = Some(app.port());
+            let token = shutdown.clone();
+            tasks.push(tokio::spawn(
+                async move { app.run_until_stopped(token).await.expect("query") },
+            ));
+        }
+        Self { ingest_port, query_port, shutdown, tasks }
     }
 
     pub fn endpoint(&self) -> String {
@@ -65,6 +87,16 @@ impl Pipeline {
     /// A gRPC client of the ingest service.
     pub async fn client(&self) -> IngestServiceClient<Channel> {
         IngestServiceClient::connect(self.endpoint()).await.expect("connect to ingest")
+    }
+
+    pub fn query_endpoint(&self) -> String {
+        let port = self.query_port.expect("the pipeline was started with the query server");
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// A gRPC client of the query service (started with [`start_with_query`](Self::start_with_query)).
+    pub async fn query_client(&self) -> QueryServiceClient<Channel> {
+        QueryServiceClient::connect(self.query_endpoint()).await.expect("connect to query")
     }
 
     /// Stops every service and waits for them to drain.

@@ -3,6 +3,7 @@
 //! # Layout
 //! - `proto/eye/v1/ingest.proto`: the public `IngestService` (fixed contract).
 //! - `proto/eye/v1/outbox.proto`: `EventBatch`, the body of the outbox rows handed between stages.
+//! - `proto/eye/v1/query.proto`: the public `QueryService` (read path, errors and replay, stats).
 //!
 //! Code is generated at build time by `build.rs` with `protox`, so no system `protoc` is needed.
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.

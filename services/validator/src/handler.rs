@@ -138,6 +138,41 @@ impl Quarantine {
     }
 }
 
+/// The header on outbox rows that replay quarantined events (set by `eye-query`'s ReplayErrors).
+pub const REPLAY_HEADER: &str = "eye-replay";
+
+/// Replayed events that passed: their `event_errors` rows are marked `stored` in the hand-off
+/// that passes them to the writer. (Those that fail again are marked `still_invalid` by the
+/// quarantine upsert.)
+#[derive(Default)]
+struct Replayed {
+    application_id: Vec<Uuid>,
+    event_id: Vec<Uuid>,
+}
+
+impl Replayed {
+    fn push(&mut self, app: ApplicationId, event: &Event) {
+        self.application_id.push(app.0);
+        self.event_id.push(event.event_id.0);
+    }
+
+    async fn mark_stored(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.event_id.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE event_errors e SET replay_outcome = 'stored' \
+             FROM UNNEST($1::uuid[], $2::uuid[]) AS r(application_id, event_id) \
+             WHERE e.application_id = r.application_id AND e.event_id = r.event_id",
+        )
+        .bind(&self.application_id)
+        .bind(&self.event_id)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
 impl Handler for Validator {
     type Message = EventBatch;
     type Error = ValidatorError;
@@ -151,6 +186,7 @@ impl Handler for Validator {
         registry.refresh(conn).await?;
         let mut valid: Vec<(EventBatch, Headers)> = Vec::with_capacity(rows.len());
         let mut quarantine = Quarantine::default();
+        let mut replayed = Replayed::default();
         let mut undecodable = 0usize;
         for row in rows {
             let Ok((app, received_at)) = batch::decode_header(&row.body) else {
@@ -158,6 +194,7 @@ impl Handler for Validator {
                 tracing::error!(row = row.id, "batch header does not decode");
                 continue;
             };
+            let replay = row.headers.contains_key(REPLAY_HEADER);
             let mut passed = Vec::with_capacity(row.body.events.len());
             for event in row.body.events.iter().cloned() {
                 let Ok((event, _)) = batch::decode_event(event) else {
@@ -165,7 +202,12 @@ impl Handler for Validator {
                     continue;
                 };
                 match self.check(&registry, &event, received_at) {
-                    Ok(version) => passed.push((event, version)),
+                    Ok(version) => {
+                        if replay {
+                            replayed.push(app, &event);
+                        }
+                        passed.push((event, version))
+                    }
                     Err((reason, message)) => {
                         quarantine.push(app, received_at, event, reason, message)
                     }
@@ -184,6 +226,7 @@ impl Handler for Validator {
         flush_event::flush_events(conn, WRITE_STAGE, valid.iter().map(|(body, h)| (body, h)))
             .await?;
         quarantine.insert(conn).await?;
+        replayed.mark_stored(conn).await?;
         tracing::debug!(
             rows = rows.len(),
             quarantined = quarantine.event_id.len(),

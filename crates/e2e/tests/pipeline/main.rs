@@ -2,6 +2,7 @@
 
 mod concurrency;
 mod limits;
+mod query;
 
 use std::time::Duration;
 

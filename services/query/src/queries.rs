@@ -1,0 +1,419 @@
+//! The SQL of the read path: plain parameterised statements, built with only the predicates a
+//! request sets.
+//!
+//! Optional filters are not written as `($1 IS NULL OR col = $1)`: once Postgres switches a
+//! prepared statement to a generic plan, such a predicate can no longer pick an index (it must
+//! work for NULL too), and the query degrades to a scan. Each combination of filters is instead a
+//! statement of its own (a handful of shapes, each prepared once per connection), so every plan
+//! sees plain `col = $n` predicates and uses the matching index:
+//! - a session: `events_session (session_id, occurred_at, event_id)`;
+//! - a type over time: `events_type_time (category, name, occurred_at, event_id)`;
+//! - a time range, or no filter: `events_time (occurred_at, event_id)`;
+//! - payload containment: the GIN index `events_data (data jsonb_path_ops)`.
+//!
+//!
+//! The pool plans every execution for its actual values (`plan_cache_mode = force_custom_plan`,
+//! see `crate::pool`): whether `category = 'x'` or `data @> '{...}'` is selective depends on the
+//! value, and only a custom plan can choose between the ordered scan of `events_time` (common
+//! values: the first page is found at once) and `events_type_time` or the GIN index plus a sort
+//! (rare values).
+//!
+//! Events are returned in keyset order `(occurred_at, event_id)`; the page after a position
+//! starts with `(occurred_at, event_id) > (position)`, which the btree indexes answer directly,
+//! plus `occurred_at >= position` so that partitions wholly before the position are pruned.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use event_model::{ApplicationId, Event, EventId, EventType, SessionId, batch};
+use flush_event::Headers;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::{
+    VALIDATE_STAGE,
+    error::QueryError,
+    token::{Kind, Scope, ScopeBuilder},
+};
+
+/// The header marking outbox rows that replay quarantined events; the validator marks each
+/// replayed event's outcome when it sees it (`eye_validator::handler::REPLAY_HEADER`, the same
+/// string: the end-to-end replay tests hold the two together).
+pub const REPLAY_HEADER: &str = "eye-replay";
+
+/// Which stored events to read; `None`: no constraint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventFilter {
+    pub session_id: Option<Uuid>,
+    pub category: Option<String>,
+    pub name: Option<String>,
+    pub application_id: Option<Uuid>,
+    /// Half-open range on `occurred_at`: `from <= occurred_at < to`.
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// A JSON object the payload must contain (`data @> ...`).
+    pub data_contains: Option<serde_json::Value>,
+}
+
+impl EventFilter {
+    /// The fingerprint page tokens carry.
+    pub fn scope(&self, kind: Kind) -> Scope {
+        let data = self.data_contains.as_ref().map(|json| json.to_string());
+        ScopeBuilder::new(kind)
+            .field("session_id", self.session_id.as_ref().map(|id| &id.as_bytes()[..]))
+            .field("category", self.category.as_deref().map(str::as_bytes))
+            .field("name", self.name.as_deref().map(str::as_bytes))
+            .field("application_id", self.application_id.as_ref().map(|id| &id.as_bytes()[..]))
+            .field("from", micros(self.from).as_ref().map(|m| &m[..]))
+            .field("to", micros(self.to).as_ref().map(|m| &m[..]))
+            .field("data_contains", data.as_deref().map(str::as_bytes))
+            .finish()
+    }
+}
+
+fn micros(at: Option<DateTime<Utc>>) -> Option<[u8; 8]> {
+    at.map(|at| at.timestamp_micros().to_be_bytes())
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct EventRow {
+    pub application_id: Uuid,
+    pub event_id: Uuid,
+    pub session_id: Uuid,
+    pub category: String,
+    pub name: String,
+    /// The payload as JSON text (as `jsonb` prints it).
+    pub data: String,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub stored_at: DateTime<Utc>,
+    pub schema_version: Option<i32>,
+}
+
+/// Up to `limit` events matching `filter`, in `(occurred_at, event_id)` order, strictly after
+/// `after` if given.
+pub async fn list_events(
+    pool: &PgPool,
+    filter: &EventFilter,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<EventRow>, QueryError> {
+    let mut query = QueryBuilder::new(
+        "SELECT application_id, event_id, session_id, category, name, data::text AS data, \
+                occurred_at, received_at, stored_at, schema_version \
+         FROM events WHERE true",
+    );
+    if let Some(session_id) = filter.session_id {
+        query.push(" AND session_id = ").push_bind(session_id);
+    }
+    if let Some(category) = &filter.category {
+        query.push(" AND category = ").push_bind(category.clone());
+    }
+    if let Some(name) = &filter.name {
+        query.push(" AND name = ").push_bind(name.clone());
+    }
+    if let Some(application_id) = filter.application_id {
+        query.push(" AND application_id = ").push_bind(application_id);
+    }
+    if let Some(from) = filter.from {
+        query.push(" AND occurred_at >= ").push_bind(from);
+    }
+    if let Some(to) = filter.to {
+        query.push(" AND occurred_at < ").push_bind(to);
+    }
+    if let Some(json) = &filter.data_contains {
+        query.push(" AND data @> ").push_bind(json.clone()).push("::jsonb");
+    }
+    if let Some((occurred_at, event_id)) = after {
+        query.push(" AND occurred_at >= ").push_bind(occurred_at);
+        query.push(" AND (occurred_at, event_id) > (").push_bind(occurred_at);
+        query.push(", ").push_bind(event_id).push(")");
+    }
+    query.push(" ORDER BY occurred_at, event_id LIMIT ").push_bind(limit);
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// The id of the application called `name`.
+pub async fn application_id_by_name(pool: &PgPool, name: &str) -> Result<Option<Uuid>, QueryError> {
+    Ok(sqlx::query_scalar("SELECT id FROM applications WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// A session's summary, as the writer keeps it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct SessionRow {
+    pub session_id: Uuid,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    pub event_count: i64,
+    pub application_ids: Vec<Uuid>,
+}
+
+pub async fn session(pool: &PgPool, session_id: Uuid) -> Result<Option<SessionRow>, QueryError> {
+    Ok(sqlx::query_as(
+        "SELECT session_id, first_seen_at, last_seen_at, event_count, application_ids \
+         FROM sessions WHERE session_id = $1",
+    )
+    .bind(session_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// The replay states of a quarantined event (`event_errors.replay_outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// `replay_outcome IS NULL`.
+    NotReplayed,
+    Pending,
+    Stored,
+    StillInvalid,
+}
+
+impl Outcome {
+    /// The column's value; `None` for [`Outcome::NotReplayed`] (NULL).
+    pub fn code(self) -> Option<&'static str> {
+        match self {
+            Self::NotReplayed => None,
+            Self::Pending => Some("pending"),
+            Self::Stored => Some("stored"),
+            Self::StillInvalid => Some("still_invalid"),
+        }
+    }
+
+    pub fn from_code(code: Option<&str>) -> Option<Self> {
+        [Self::NotReplayed, Self::Pending, Self::Stored, Self::StillInvalid]
+            .into_iter()
+            .find(|outcome| outcome.code() == code)
+    }
+}
+
+/// Which quarantined events to select; `None` or empty: no constraint.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ErrorFilter {
+    pub reason: Option<String>,
+    pub category: Option<String>,
+    pub name: Option<String>,
+    pub application_id: Option<Uuid>,
+    /// Half-open range on `failed_at`.
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Sorted and deduplicated.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl ErrorFilter {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn scope(&self) -> Scope {
+        let outcomes: Vec<u8> = self.outcomes.iter().map(|o| *o as u8).collect();
+        ScopeBuilder::new(Kind::Errors)
+            .field("reason", self.reason.as_deref().map(str::as_bytes))
+            .field("category", self.category.as_deref().map(str::as_bytes))
+            .field("name", self.name.as_deref().map(str::as_bytes))
+            .field("application_id", self.application_id.as_ref().map(|id| &id.as_bytes()[..]))
+            .field("from", micros(self.from).as_ref().map(|m| &m[..]))
+            .field("to", micros(self.to).as_ref().map(|m| &m[..]))
+            .field("replay_outcomes", (!outcomes.is_empty()).then_some(&outcomes[..]))
+            .finish()
+    }
+
+    /// Appends ` AND ...` for every constraint set.
+    fn push_predicates(&self, query: &mut QueryBuilder<'_, Postgres>) {
+        if let Some(reason) = &self.reason {
+            query.push(" AND reason = ").push_bind(reason.clone());
+        }
+        if let Some(category) = &self.category {
+            query.push(" AND category = ").push_bind(category.clone());
+        }
+        if let Some(name) = &self.name {
+            query.push(" AND name = ").push_bind(name.clone());
+        }
+        if let Some(application_id) = self.application_id {
+            query.push(" AND application_id = ").push_bind(application_id);
+        }
+        if let Some(from) = self.from {
+            query.push(" AND failed_at >= ").push_bind(from);
+        }
+        if let Some(to) = self.to {
+            query.push(" AND failed_at < ").push_bind(to);
+        }
+        if !self.outcomes.is_empty() {
+            let codes: Vec<String> =
+                self.outcomes.iter().filter_map(|o| o.code()).map(str::to_owned).collect();
+            let null = self.outcomes.contains(&Outcome::NotReplayed);
+            query.push(" AND (");
+            if null {
+                query.push("replay_outcome IS NULL");
+            }
+            if !codes.is_empty() {
+                if null {
+                    query.push(" OR ");
+                }
+                query.push("replay_outcome = ANY(").push_bind(codes).push(")");
+            }
+            query.push(")");
+        }
+    }
+}
+
+/// A quarantined event.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ErrorRow {
+    pub id: i64,
+    pub application_id: Uuid,
+    pub event_id: Uuid,
+    pub session_id: Uuid,
+    pub category: String,
+    pub name: String,
+    pub data: String,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    pub reason: String,
+    pub message: String,
+    pub failed_at: DateTime<Utc>,
+    pub failures: i32,
+    pub replayed_at: Option<DateTime<Utc>>,
+    pub replay_outcome: Option<String>,
+}
+
+/// Up to `limit` errors matching `filter`, newest (highest id) first, with ids below `before` if
+/// given.
+pub async fn list_errors(
+    pool: &PgPool,
+    filter: &ErrorFilter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<ErrorRow>, QueryError> {
+    let mut query = QueryBuilder::new(
+        "SELECT id, application_id, event_id, session_id, category, name, data, occurred_at, \
+                received_at, reason, message, failed_at, failures, replayed_at, replay_outcome \
+         FROM event_errors WHERE true",
+    );
+    filter.push_predicates(&mut query);
+    if let Some(before) = before {
+        query.push(" AND id < ").push_bind(before);
+    }
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// Errors per reason over the whole filter, most frequent first.
+pub async fn error_counts(
+    pool: &PgPool,
+    filter: &ErrorFilter,
+) -> Result<Vec<(String, i64)>, QueryError> {
+    let mut query = QueryBuilder::new("SELECT reason, count(*) FROM event_errors WHERE true");
+    filter.push_predicates(&mut query);
+    query.push(" GROUP BY reason ORDER BY 2 DESC, 1");
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// What [`replay_errors`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replayed {
+    pub events: u64,
+    pub batches: u64,
+}
+
+/// A quarantined event on its way back to validation.
+#[derive(sqlx::FromRow)]
+struct ReplayRow {
+    application_id: Uuid,
+    event_id: Uuid,
+    session_id: Uuid,
+    category: String,
+    name: String,
+    data: String,
+    occurred_at: DateTime<Utc>,
+    received_at: DateTime<Utc>,
+}
+
+/// Sends up to `limit` quarantined events back through validation, in one transaction: marks them
+/// `pending` and enqueues them into the `validate` stage, one `EventBatch` per (application,
+/// received_at), so each keeps the receipt time its timestamp rules were judged against.
+///
+/// Selected: errors with an id in `ids` (when not empty) that match `filter`, lowest ids first,
+/// skipping those already `pending` (their replay is in flight). The rows are locked while
+/// selected; a concurrent replay waits, then re-checks them and skips them.
+pub async fn replay_errors(
+    pool: &PgPool,
+    ids: &[i64],
+    filter: &ErrorFilter,
+    limit: i64,
+) -> Result<Replayed, QueryError> {
+    let mut tx = pool.begin().await?;
+    let mut query = QueryBuilder::new(
+        "WITH picked AS ( \
+             SELECT id FROM event_errors \
+             WHERE replay_outcome IS DISTINCT FROM 'pending'",
+    );
+    if !ids.is_empty() {
+        query.push(" AND id = ANY(").push_bind(ids.to_vec()).push(")");
+    }
+    filter.push_predicates(&mut query);
+    query.push(" ORDER BY id LIMIT ").push_bind(limit);
+    query.push(
+        " FOR UPDATE \
+         ) \
+         UPDATE event_errors e SET replayed_at = now(), replay_outcome = 'pending' \
+         FROM picked WHERE e.id = picked.id \
+         RETURNING e.application_id, e.event_id, e.session_id, e.category, e.name, e.data, \
+                   e.occurred_at, e.received_at",
+    );
+    let rows: Vec<ReplayRow> = query.build_query_as().fetch_all(&mut *tx).await?;
+
+    // One EventBatch per (application, received_at), as ingest made them.
+    let mut groups: BTreeMap<(Uuid, DateTime<Utc>), Vec<_>> = BTreeMap::new();
+    let events = rows.len() as u64;
+    for row in rows {
+        let event = Event {
+            event_id: EventId(row.event_id),
+            session_id: SessionId(row.session_id),
+            event_type: EventType::new(row.category, row.name),
+            data_json: row.data,
+            occurred_at: row.occurred_at,
+        };
+        // The validator sets the schema version; what the body carries is ignored.
+        groups.entry((row.application_id, row.received_at)).or_default().push((event, 0));
+    }
+    let bodies: Vec<_> = groups
+        .into_iter()
+        .map(|((app, received_at), events)| batch::encode(ApplicationId(app), received_at, events))
+        .collect();
+    let headers = Headers::from([(REPLAY_HEADER.to_owned(), "1".to_owned())]);
+    let batches =
+        flush_event::flush_events(&mut tx, VALIDATE_STAGE, bodies.iter().map(|b| (b, &headers)))
+            .await?;
+    tx.commit().await?;
+    Ok(Replayed { events, batches })
+}
+
+/// Recent activity, for [`stats`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub stages: Vec<flush_event::admin::StageStats>,
+    pub events_stored: i64,
+    pub errors_by_reason: Vec<(String, i64)>,
+}
+
+/// Outbox stages, and what was stored and quarantined since `since`.
+pub async fn stats(pool: &PgPool, since: DateTime<Utc>) -> Result<Stats, QueryError> {
+    let stages = flush_event::admin::stage_stats(pool).await?;
+    let events_stored = sqlx::query_scalar("SELECT count(*) FROM events WHERE stored_at >= $1")
+        .bind(since)
+        .fetch_one(pool)
+        .await?;
+    let errors_by_reason = sqlx::query_as(
+        "SELECT reason, count(*) FROM event_errors WHERE failed_at >= $1 \
+         GROUP BY reason ORDER BY 2 DESC, 1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    Ok(Stats { stages, events_stored, errors_by_reason })
+}
