@@ -43,6 +43,21 @@ pub fn encode_event(event: Event, schema_version: i32) -> pb::BatchEvent {
     }
 }
 
+/// Splits a batch of two or more events into two halves with the same batch-wide fields (for
+/// poison isolation); `None` for a batch of one.
+pub fn split(batch: &pb::EventBatch) -> Option<(pb::EventBatch, pb::EventBatch)> {
+    if batch.events.len() < 2 {
+        return None;
+    }
+    let (first, second) = batch.events.split_at(batch.events.len() / 2);
+    let half = |events: &[pb::BatchEvent]| pb::EventBatch {
+        application_id: batch.application_id.clone(),
+        received_at: batch.received_at,
+        events: events.to_vec(),
+    };
+    Some((half(first), half(second)))
+}
+
 /// The batch-wide fields.
 pub fn decode_header(
     batch: &pb::EventBatch,
@@ -117,6 +132,26 @@ mod tests {
             let back: Vec<_> = decoded.events.into_iter().map(|e| decode_event(e).unwrap()).collect();
             prop_assert_eq!(back, events);
         }
+    }
+
+    #[test]
+    fn split_halves_keep_the_header_and_every_event() {
+        let event = |n: i64| Event {
+            event_id: EventId::new_v7(),
+            session_id: SessionId(uuid::Uuid::nil()),
+            event_type: EventType::new("c", "n"),
+            data_json: format!("{{\"n\":{n}}}"),
+            occurred_at: DateTime::from_timestamp(n, 0).unwrap(),
+        };
+        let app = ApplicationId(uuid::Uuid::new_v4());
+        let whole = encode(app, Utc::now(), (0..5).map(|n| (event(n), 0)));
+        let (a, b) = split(&whole).unwrap();
+        assert_eq!((a.events.len(), b.events.len()), (2, 3));
+        assert_eq!(decode_header(&a), decode_header(&whole));
+        assert_eq!(decode_header(&b), decode_header(&whole));
+        assert_eq!([a.events, b.events].concat(), whole.events);
+        let single = encode(app, Utc::now(), [(event(9), 0)]);
+        assert!(split(&single).is_none());
     }
 
     #[test]

@@ -229,6 +229,25 @@ impl Outbox {
         Ok(if updated == 1 { RetryOutcome::Retried(delay) } else { RetryOutcome::LeaseLost })
     }
 
+    /// Replaces a claimed row by `parts` (new rows of the same stage, with its headers and fresh
+    /// attempt counts) in one transaction; false if the lease was lost.
+    pub async fn replace<M: Message>(
+        &self,
+        row: &Claimed<M>,
+        parts: [M; 2],
+    ) -> Result<bool, Error> {
+        let mut tx = self.pool.begin().await?;
+        match self.ack(&mut tx, std::slice::from_ref(row)).await {
+            Ok(()) => {}
+            Err(Error::LeaseLost { .. }) => return Ok(false),
+            Err(error) => return Err(error),
+        }
+        crate::flush_events(&mut tx, &self.stage, parts.iter().map(|part| (part, &row.headers)))
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Moves a claimed row to `outbox_dead_letters` with `error`; false if the lease was lost.
     pub async fn dead_letter(&self, id: i64, fence: i64, error: &str) -> Result<bool, Error> {
         let moved = sqlx::query(

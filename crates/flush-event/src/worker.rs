@@ -1,5 +1,6 @@
 //! The consumer loop: claim a batch, hand it to a [`Handler`] inside a transaction, ack in that
-//! same transaction, commit. Failures are isolated row by row.
+//! same transaction, commit. Failures are isolated row by row, then (for splittable messages)
+//! item by item.
 
 use std::{future::Future, sync::Arc};
 
@@ -22,6 +23,15 @@ pub trait Handler: Send + Sync + 'static {
         conn: &mut PgConnection,
         rows: &[Claimed<Self::Message>],
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Splits a message that holds many items (a batch of events) into two halves, for poison
+    /// isolation: when a row fails even when handed off alone, its halves replace it, so that one
+    /// bad item cannot hold back its batch-mates. Splitting repeats until the bad item is alone in
+    /// its row, which is then retried and finally dead-lettered. `None` (the default): the
+    /// message cannot be split, and the row is retried as it is.
+    fn split(&self, _body: &Self::Message) -> Option<(Self::Message, Self::Message)> {
+        None
+    }
 }
 
 /// Why one hand-off did not commit.
@@ -106,7 +116,7 @@ async fn process<H: Handler>(outbox: &Outbox, handler: &H, rows: Vec<Claimed<H::
         Err(error) => error,
     };
     if rows.len() == 1 {
-        retry(outbox, &rows[0], error.to_string()).await;
+        isolate(outbox, handler, &rows[0], error.to_string()).await;
         return;
     }
     tracing::warn!(stage = outbox.stage(), batch = rows.len(), %error, "batch failed; isolating rows");
@@ -114,7 +124,29 @@ async fn process<H: Handler>(outbox: &Outbox, handler: &H, rows: Vec<Claimed<H::
         let single = std::slice::from_ref(&row);
         match hand_off(outbox, handler, single).await {
             Ok(()) | Err(Failure::Outbox(Error::LeaseLost { .. })) => {}
-            Err(error) => retry(outbox, &row, error.to_string()).await,
+            Err(error) => isolate(outbox, handler, &row, error.to_string()).await,
+        }
+    }
+}
+
+/// A row failed alone: split it if its message can be split, else retry it.
+async fn isolate<H: Handler>(
+    outbox: &Outbox,
+    handler: &H,
+    row: &Claimed<H::Message>,
+    error: String,
+) {
+    let Some(halves) = handler.split(&row.body) else {
+        return retry(outbox, row, error).await;
+    };
+    match outbox.replace(row, [halves.0, halves.1]).await {
+        Ok(true) => tracing::warn!(
+            stage = outbox.stage(), row = row.id, %error, "row failed; split in two to isolate the cause"
+        ),
+        Ok(false) => {}
+        Err(split_error) => {
+            tracing::warn!(stage = outbox.stage(), row = row.id, error = %split_error, "could not split row");
+            retry(outbox, row, error).await;
         }
     }
 }

@@ -177,6 +177,10 @@ impl Handler for Validator {
     type Message = EventBatch;
     type Error = ValidatorError;
 
+    fn split(&self, body: &EventBatch) -> Option<(EventBatch, EventBatch)> {
+        batch::split(body)
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,

@@ -30,6 +30,10 @@ impl Handler for Writer {
     type Message = EventBatch;
     type Error = WriterError;
 
+    fn split(&self, body: &EventBatch) -> Option<(EventBatch, EventBatch)> {
+        batch::split(body)
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,

@@ -2,6 +2,7 @@
 
 mod concurrency;
 mod limits;
+mod poison;
 mod query;
 
 use std::time::Duration;
