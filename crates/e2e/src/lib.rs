@@ -40,12 +40,27 @@ impl Pipeline {
     }
 
     async fn start_services(db: &TestDb, validators: usize, writers: usize, query: bool) -> Self {
+        Self::start_with(Self::settings(db), validators, writers, query).await
+    }
+
+    /// The settings the pipeline runs with in tests: `db`, free ports, fast polling and retries.
+    pub fn settings(db: &TestDb) -> eye_service::Settings {
         let mut settings = db.settings();
         for consumer in [&mut settings.validator.consumer, &mut settings.writer.consumer] {
             consumer.poll_interval_ms = 200;
             consumer.backoff_base_ms = 50;
         }
         settings.database.max_connections = 6;
+        settings
+    }
+
+    /// Starts the services with `settings` (see [`settings`](Self::settings)).
+    pub async fn start_with(
+        settings: eye_service::Settings,
+        validators: usize,
+        writers: usize,
+        query: bool,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
         let ingest = eye_ingest::Application::build(settings.clone()).await.expect("build ingest");

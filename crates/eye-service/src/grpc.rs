@@ -7,6 +7,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
+use crate::database::DatabaseStatus;
+
 /// Binds `host:port` (port 0: a free port) so the port is known before serving.
 pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind((host, port)).await
@@ -18,10 +20,12 @@ pub fn local_addr(listener: &TcpListener) -> SocketAddr {
 }
 
 /// The `grpc.health.v1` service for `service_name`, NOT_SERVING until `pool` answers a query;
-/// the probe then keeps watching the database and flips back when it stops answering.
+/// the probe then keeps watching the database and flips back when it stops answering. It keeps
+/// `status` up to date, and probes again at once when a request reports the database gone.
 pub async fn health(
     service_name: &'static str,
     pool: PgPool,
+    status: DatabaseStatus,
     shutdown: CancellationToken,
 ) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
     let (reporter, service) = tonic_health::server::health_reporter();
@@ -29,7 +33,9 @@ pub async fn health(
     for name in [service_name, ""] {
         reporter.set_service_status(name, tonic_health::ServingStatus::NotServing).await;
     }
-    tokio::spawn(watch_database(reporter, service_name, pool, shutdown));
+    // The first answer before serving, so that the first request already knows.
+    status.set(probe(&pool).await);
+    tokio::spawn(watch_database(reporter, service_name, pool, status, shutdown));
     service
 }
 
@@ -37,19 +43,21 @@ async fn watch_database(
     reporter: HealthReporter,
     service_name: &'static str,
     pool: PgPool,
+    status: DatabaseStatus,
     shutdown: CancellationToken,
 ) {
     let mut serving = None;
     loop {
-        let up = sqlx::query("SELECT 1").execute(&pool).await.is_ok();
+        let up = probe(&pool).await;
+        status.set(up);
         if serving != Some(up) {
-            let status = if up {
+            let serving_status = if up {
                 tonic_health::ServingStatus::Serving
             } else {
                 tonic_health::ServingStatus::NotServing
             };
-            reporter.set_service_status(service_name, status).await;
-            reporter.set_service_status("", status).await;
+            reporter.set_service_status(service_name, serving_status).await;
+            reporter.set_service_status("", serving_status).await;
             tracing::info!(service = service_name, serving = up, "health changed");
             serving = Some(up);
         }
@@ -61,8 +69,16 @@ async fn watch_database(
                 return;
             }
             () = tokio::time::sleep(pause) => {}
+            () = status.failure_reported() => serving = None,
         }
     }
+}
+
+/// Whether the database answers within a second (a pool waiting out its acquire timeout on a
+/// dead server must not delay the verdict).
+pub async fn probe(pool: &PgPool) -> bool {
+    let query = sqlx::query("SELECT 1").execute(pool);
+    matches!(tokio::time::timeout(Duration::from_secs(1), query).await, Ok(Ok(_)))
 }
 
 /// gRPC server reflection for the `eye.v1` services and `grpc.health.v1`.
@@ -94,5 +110,29 @@ pub async fn drain_within<E>(
             tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over; dropping open calls");
             Ok(())
         }
+    }
+}
+
+/// The canonical name of a gRPC status code (`OK`, `INVALID_ARGUMENT`, ...), as metrics label it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }

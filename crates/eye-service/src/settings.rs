@@ -77,6 +77,11 @@ pub struct IngestSettings {
     /// How long an authenticated key (or an unknown key) is cached: the bound on how long a
     /// revoked key keeps working.
     pub auth_cache_ttl_ms: u64,
+    /// Back-pressure: past this many outbox rows waiting for validation (one row per accepted
+    /// request), ingest answers RESOURCE_EXHAUSTED with a retry hint until the backlog shrinks.
+    pub max_backlog_rows: i64,
+    /// How often the backlog is measured.
+    pub backlog_check_ms: u64,
 }
 
 impl Default for IngestSettings {
@@ -91,6 +96,8 @@ impl Default for IngestSettings {
             commit_max_events: 5_000,
             commit_concurrency: 3,
             auth_cache_ttl_ms: 5_000,
+            max_backlog_rows: 100_000,
+            backlog_check_ms: 1_000,
         }
     }
 }

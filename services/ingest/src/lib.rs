@@ -8,11 +8,14 @@
 //! - [`commit`]: group commit. Concurrent requests share one transaction that records their ids
 //!   in the idempotency ledger (which answers DUPLICATE) and enqueues one outbox row per request
 //!   into the `validate` stage.
+//! - [`backpressure`]: refuse at once (UNAVAILABLE / RESOURCE_EXHAUSTED with a retry hint) while
+//!   the database is down or the outbox backlog is over its bound.
 //! - [`error`]: the service's errors and their one mapping to `tonic::Status`.
 //!
 //! Payloads are not checked against their schemas here: that is the validator's job, off the
 //! request path, so applications are never left waiting on it.
 
+pub mod backpressure;
 pub mod commit;
 pub mod error;
 pub mod service;
@@ -20,7 +23,7 @@ pub mod service;
 use std::time::Duration;
 
 use eye_proto::v1::ingest_service_server::IngestServiceServer;
-use eye_service::{Settings, auth::Authenticator, grpc};
+use eye_service::{Settings, auth::Authenticator, database::DatabaseStatus, grpc};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +38,8 @@ pub struct Application {
     listener: TcpListener,
     service: service::Ingest,
     committer: commit::Committer,
+    backpressure: backpressure::Backpressure,
+    database: DatabaseStatus,
     pool: sqlx::PgPool,
     settings: Settings,
 }
@@ -49,8 +54,12 @@ impl Application {
             pool.clone(),
             Duration::from_millis(settings.ingest.auth_cache_ttl_ms),
         );
-        let service = service::Ingest::new(auth, committer.clone(), &settings.ingest);
-        Ok(Self { listener, service, committer, pool, settings })
+        let database = DatabaseStatus::default();
+        let backpressure =
+            backpressure::Backpressure::new(database.clone(), settings.ingest.max_backlog_rows);
+        let service =
+            service::Ingest::new(auth, backpressure.clone(), committer.clone(), &settings.ingest);
+        Ok(Self { listener, service, committer, backpressure, database, pool, settings })
     }
 
     /// The bound port (useful with port 0).
@@ -61,9 +70,14 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
     /// and their commits land, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, service, committer, pool, settings } = self;
+        let Self { listener, service, committer, backpressure, database, pool, settings } = self;
+        tokio::spawn(backpressure.watch_backlog(
+            pool.clone(),
+            Duration::from_millis(settings.ingest.backlog_check_ms),
+            shutdown.clone(),
+        ));
         let max_message = settings.ingest.max_batch_bytes.saturating_mul(4);
-        let health = grpc::health("eye.v1.IngestService", pool, shutdown.clone()).await;
+        let health = grpc::health("eye.v1.IngestService", pool, database, shutdown.clone()).await;
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health)

@@ -16,6 +16,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    backpressure::Backpressure,
     commit::{Committer, Submission},
     error::IngestError,
 };
@@ -25,6 +26,7 @@ const PROPAGATED: [&str; 2] = ["traceparent", "tracestate"];
 
 pub struct Ingest {
     auth: Authenticator,
+    backpressure: Backpressure,
     committer: Committer,
     limits: Limits,
     max_batch_events: usize,
@@ -32,9 +34,15 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(auth: Authenticator, committer: Committer, settings: &IngestSettings) -> Self {
+    pub fn new(
+        auth: Authenticator,
+        backpressure: Backpressure,
+        committer: Committer,
+        settings: &IngestSettings,
+    ) -> Self {
         Self {
             auth,
+            backpressure,
             committer,
             limits: Limits {
                 max_event_bytes: settings.max_event_bytes,
@@ -50,6 +58,18 @@ impl Ingest {
         &self,
         request: Request<SendEventsRequest>,
     ) -> Result<SendEventsResponse, IngestError> {
+        let result = self.try_send_events(request).await;
+        if let Err(error) = &result {
+            self.backpressure.observe(error);
+        }
+        result
+    }
+
+    async fn try_send_events(
+        &self,
+        request: Request<SendEventsRequest>,
+    ) -> Result<SendEventsResponse, IngestError> {
+        self.backpressure.check()?;
         let principal = self.auth.authenticate(request.metadata(), Role::Ingest).await?;
         let headers: Headers = PROPAGATED
             .iter()

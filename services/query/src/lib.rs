@@ -71,7 +71,8 @@ impl Application {
     /// finish, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, service, pool } = self;
-        let health = grpc::health("eye.v1.QueryService", pool, shutdown.clone()).await;
+        let health =
+            grpc::health("eye.v1.QueryService", pool, Default::default(), shutdown.clone()).await;
         let server = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health)

@@ -1,5 +1,6 @@
 //! The whole write path, end to end: ingest -> outbox -> validator -> writer -> store.
 
+mod backpressure;
 mod concurrency;
 mod limits;
 mod poison;

@@ -1,0 +1,78 @@
+//! Back-pressure: ingest refuses at once, with a retry hint, and recovers by itself.
+
+use chrono::Utc;
+use eye_e2e::{Pipeline, authorized, count, create_key, event};
+use eye_proto::v1::{SendEventsRequest, ingest_service_client::IngestServiceClient};
+use eye_test_support::TestDb;
+use serde_json::json;
+use tonic::Code;
+use uuid::Uuid;
+
+fn one_event() -> SendEventsRequest {
+    SendEventsRequest {
+        events: vec![event(Uuid::new_v4(), "c", "n", json!({}), Utc::now())],
+        sent_at: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_over_the_bound_is_refused_until_it_drains() {
+    let db = TestDb::new().await;
+    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let mut settings = Pipeline::settings(&db);
+    settings.ingest.max_backlog_rows = 3;
+    settings.ingest.backlog_check_ms = 20;
+    // Ingest alone: nothing drains the `validate` stage.
+    let ingest = Pipeline::start_with(settings.clone(), 0, 0, false).await;
+    let mut client = ingest.client().await;
+    for _ in 0..4 {
+        client.send_events(authorized(one_event(), &key)).await.unwrap();
+    }
+    // The backlog (4 rows > 3) is noticed within a measurement interval; until then requests are
+    // still accepted, so keep sending until refused.
+    let refused = loop {
+        match client.send_events(authorized(one_event(), &key)).await {
+            Ok(_) => assert!(count(&db.pool, "SELECT count(*) FROM outbox").await < 100),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(refused.metadata().get("retry-after").unwrap(), "1");
+    assert!(refused.message().contains("behind"), "{}", refused.message());
+    let accepted = count(&db.pool, "SELECT count(*) FROM outbox").await;
+
+    // Validator and writer drain it; ingest takes events again by itself.
+    let workers = Pipeline::start_with(settings, 1, 1, false).await;
+    loop {
+        match client.send_events(authorized(one_event(), &key)).await {
+            Ok(_) => break,
+            Err(status) => assert_eq!(status.code(), Code::ResourceExhausted),
+        }
+    }
+    assert!(accepted >= 4);
+    workers.stop().await;
+    ingest.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_answered_unavailable_at_once() {
+    let db = TestDb::new().await;
+    let mut settings = Pipeline::settings(&db);
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    settings.database.url = Some(format!("postgres://postgres@127.0.0.1:{closed}/postgres").into());
+    // Long enough that waiting for a connection would blow the request's deadline.
+    settings.database.acquire_timeout_ms = 30_000;
+    let ingest = Pipeline::start_with(settings, 0, 0, false).await;
+    let channel = tonic::transport::Endpoint::from_shared(ingest.endpoint()).unwrap();
+    let mut client = IngestServiceClient::new(channel.connect().await.unwrap());
+    for _ in 0..3 {
+        let mut request = authorized(one_event(), "eye_whatever");
+        // The answer must not wait for connection timeouts: a deadline far shorter than a hang.
+        request.set_timeout(std::time::Duration::from_secs(5));
+        let status = client.send_events(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(!status.message().contains("127.0.0.1"), "no internals leak: {}", status.message());
+    }
+    ingest.stop().await;
+}
