@@ -1,0 +1,194 @@
+//! Rolling restart with real processes and real signals: `eye-ingest` is stopped with SIGTERM
+//! and replaced, three times, while a retrying client keeps sending. Every acknowledged event
+//! must be durable; each old process must drain and exit cleanly.
+
+use std::{collections::HashSet, process::Stdio, time::Duration};
+
+use eye_proto::v1::{
+    EventBatch, EventStatus, SendEventsRequest, ingest_service_client::IngestServiceClient,
+};
+use eye_test_support::TestDb;
+use prost::Message;
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+fn spawn_ingest(db: &TestDb, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_eye-ingest"))
+        .env("DATABASE_URL", &db.url)
+        .env("EYE__INGEST__HOST", "127.0.0.1")
+        .env("EYE__INGEST__PORT", port.to_string())
+        .env("EYE__METRICS__PORT", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start eye-ingest")
+}
+
+async fn create_key(db: &TestDb) -> String {
+    let app = Uuid::new_v4();
+    let (key, hash) = eye_service::auth::generate_key();
+    sqlx::query("INSERT INTO applications (id, name) VALUES ($1, 'shop')")
+        .bind(app)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO api_keys (id, application_id, key_hash) VALUES ($1, $2, $3)")
+        .bind(Uuid::new_v4())
+        .bind(app)
+        .bind(&hash[..])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    key
+}
+
+fn batch(n: usize) -> SendEventsRequest {
+    let now = chrono::Utc::now();
+    let events = (0..n)
+        .map(|i| eye_proto::v1::Event {
+            event_id: Uuid::now_v7().to_string(),
+            session_id: Uuid::new_v4().to_string(),
+            category: "c".into(),
+            name: "n".into(),
+            data_json: format!(r#"{{"i":{i}}}"#),
+            timestamp: Some(prost_types::Timestamp {
+                seconds: now.timestamp(),
+                nanos: now.timestamp_subsec_nanos() as i32,
+            }),
+        })
+        .collect();
+    SendEventsRequest { events, sent_at: None }
+}
+
+/// Sends `request` until some server answers it (retrying across restarts, as a client
+/// should); returns the ids it acknowledged (ACCEPTED or DUPLICATE of an earlier attempt).
+async fn send_until_answered(
+    endpoint: &str,
+    key: &str,
+    request: &SendEventsRequest,
+) -> Vec<String> {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        if let Ok(channel) = Channel::from_shared(endpoint.to_owned()).unwrap().connect().await {
+            let mut client = IngestServiceClient::new(channel);
+            let mut call = tonic::Request::new(request.clone());
+            call.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+            match client.send_events(call).await {
+                Ok(response) => {
+                    return response
+                        .into_inner()
+                        .results
+                        .into_iter()
+                        .filter(|r| {
+                            matches!(r.status(), EventStatus::Accepted | EventStatus::Duplicate)
+                        })
+                        .map(|r| r.event_id)
+                        .collect();
+                }
+                Err(status) => assert!(
+                    matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ),
+                    "unexpected {status:?}"
+                ),
+            }
+        }
+        // A client's retry backoff while the server restarts (not test synchronisation).
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+}
+
+async fn wait_until_serving(endpoint: &str) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = Channel::from_shared(endpoint.to_owned()).unwrap().connect().await {
+            let request = HealthCheckRequest { service: "eye.v1.IngestService".into() };
+            if let Ok(response) = HealthClient::new(channel).check(request).await
+                && response.into_inner().status == 1
+            {
+                return;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "eye-ingest did not start serving");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_across_a_rolling_restart() {
+    let db = TestDb::new().await;
+    let key = create_key(&db).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut server = spawn_ingest(&db, port);
+    wait_until_serving(&endpoint).await;
+
+    // Four senders keep requests in flight while the servers are replaced.
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (endpoint, key, done) = (endpoint.clone(), key.clone(), done_rx.clone());
+        senders.spawn(async move {
+            let mut acknowledged = Vec::new();
+            while !*done.borrow() {
+                acknowledged.extend(send_until_answered(&endpoint, &key, &batch(50)).await);
+            }
+            acknowledged
+        });
+    }
+    for _ in 0..3 {
+        // Let some traffic through this server, then replace it.
+        let before: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        eye_test_support::wait_for(&db.pool, Duration::from_secs(30), "traffic", || async {
+            let now: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            (now >= before + 500).then_some(())
+        })
+        .await;
+        let pid = server.id().expect("running");
+        let term = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        assert!(term.unwrap().success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
+        let exit = exit.expect("drains within the grace period").unwrap();
+        assert!(exit.success(), "SIGTERM is a clean exit: {exit:?}");
+        server = spawn_ingest(&db, port);
+        wait_until_serving(&endpoint).await;
+    }
+    done_tx.send(true).unwrap();
+    let mut acknowledged = HashSet::new();
+    while let Some(ids) = senders.join_next().await {
+        acknowledged.extend(ids.unwrap());
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().unwrap().to_string()])
+        .status();
+    server.wait().await.unwrap();
+
+    // Every acknowledged event is in the outbox (nothing consumes it here), exactly once.
+    let bodies: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT body FROM outbox WHERE stage = 'validate'")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let mut queued = Vec::new();
+    for body in bodies {
+        for event in EventBatch::decode(body.as_slice()).unwrap().events {
+            queued.push(Uuid::from_slice(&event.event_id).unwrap().to_string());
+        }
+    }
+    let queued_set: HashSet<String> = queued.iter().cloned().collect();
+    assert_eq!(queued.len(), queued_set.len(), "no event queued twice");
+    let lost: Vec<_> = acknowledged.difference(&queued_set).collect();
+    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {:?}", lost.len(), lost.first());
+    assert!(acknowledged.len() >= 1_500, "traffic flowed through every server");
+}
