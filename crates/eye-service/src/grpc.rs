@@ -7,7 +7,36 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
-use crate::database::DatabaseStatus;
+use crate::{database::DatabaseStatus, settings::TlsSettings};
+
+/// A gRPC server could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("invalid tls configuration: {0}")]
+    Tls(#[from] tonic::transport::Error),
+}
+
+/// Longest a single call may take, body included: a client that sends headers and then stalls
+/// is cut off instead of holding a connection and a task forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The server builder every Eye gRPC server starts from: keep-alives, the request timeout, and
+/// TLS when `tls` names a certificate and key.
+pub fn server(tls: &TlsSettings) -> Result<tonic::transport::Server, ServerError> {
+    let builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .timeout(REQUEST_TIMEOUT);
+    let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+        return Ok(builder);
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|source| ServerError::Read { path: path.clone(), source })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(cert)?, read(key)?);
+    Ok(builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?)
+}
 
 /// Binds `host:port` (port 0: a free port) so the port is known before serving.
 pub async fn bind(host: &str, port: u16) -> std::io::Result<TcpListener> {

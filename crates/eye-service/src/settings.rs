@@ -27,6 +27,18 @@ pub struct Settings {
     pub validator: ValidatorSettings,
     pub writer: WriterSettings,
     pub telemetry: TelemetrySettings,
+    pub tls: TlsSettings,
+}
+
+/// TLS for the gRPC servers (ingest, query): set both files to serve TLS only; leave both unset
+/// for plaintext (e.g. behind a TLS-terminating proxy or service mesh).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct TlsSettings {
+    /// PEM certificate chain (`EYE__TLS__CERT_FILE`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (`EYE__TLS__KEY_FILE`).
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -234,6 +246,9 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         let invalid =
             |field, reason: &str| Err(SettingsError::Invalid { field, reason: reason.into() });
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return invalid("tls", "set both tls.cert_file and tls.key_file, or neither");
+        }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
         }

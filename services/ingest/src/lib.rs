@@ -78,8 +78,7 @@ impl Application {
         ));
         let max_message = settings.ingest.max_batch_bytes.saturating_mul(4);
         let health = grpc::health("eye.v1.IngestService", pool, database, shutdown.clone()).await;
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        let server = grpc::server(&settings.tls)?
             .add_service(health)
             .add_service(grpc::reflection())
             .add_service(

@@ -44,6 +44,7 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A built, bound, not yet serving query server.
 pub struct Application {
     listener: TcpListener,
+    server: tonic::transport::Server,
     service: service::Query,
     pool: PgPool,
 }
@@ -59,7 +60,8 @@ impl Application {
             Duration::from_millis(settings.ingest.auth_cache_ttl_ms),
         );
         let service = service::Query::new(pool.clone(), auth);
-        Ok(Self { listener, service, pool })
+        let server = grpc::server(&settings.tls)?;
+        Ok(Self { listener, server, service, pool })
     }
 
     /// The bound port (useful with port 0).
@@ -70,11 +72,10 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
     /// finish, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, service, pool } = self;
+        let Self { listener, mut server, service, pool } = self;
         let health =
             grpc::health("eye.v1.QueryService", pool, Default::default(), shutdown.clone()).await;
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        let server = server
             .add_service(health)
             .add_service(grpc::reflection())
             .add_service(QueryServiceServer::new(service))

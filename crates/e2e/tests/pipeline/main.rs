@@ -5,6 +5,7 @@ mod concurrency;
 mod limits;
 mod poison;
 mod query;
+mod tls;
 
 use std::time::Duration;
 
