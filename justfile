@@ -26,5 +26,13 @@ bench-check:
     cargo build --bins
     target/debug/eye-bench --bin-dir target/debug --events 20000 --batch 200 --no-copy --json
 
+# Read-path latency: 10 million events loaded by COPY (about 2.5 minutes, once), then p50/p95/p99
+# of sessions, a category over an hour and payload lookups through the real QueryService, and
+# their plans. The store is kept: `just query-bench --reuse` measures it again without reloading;
+# `--drop` removes it (see `target/release/eye-query-bench --help`).
+query-bench *ARGS:
+    cargo build --release -p eye-query-bench
+    target/release/eye-query-bench {{ARGS}}
+
 # What CI checks.
 verify: lint test

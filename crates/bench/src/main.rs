@@ -534,6 +534,9 @@ fn spawn(
         .env("DATABASE_URL", database_url)
         .env("EYE__INGEST__HOST", "127.0.0.1")
         .env("EYE__INGEST__PORT", port.to_string())
+        // Several services on one host: each its own free metrics port.
+        .env("EYE__METRICS__HOST", "127.0.0.1")
+        .env("EYE__METRICS__PORT", "0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

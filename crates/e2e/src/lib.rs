@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`Pipeline`]: the running services and a client factory.
 //! - [`create_key`], [`register_example_schemas`]: fixtures written the way the CLI writes them.
+//! - [`scrape_metrics`], [`metric_value`]: read a service's `/metrics` like Prometheus does.
 //! - The tests themselves live in `tests/pipeline/`.
 
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub struct Pipeline {
     pub ingest_port: u16,
     /// The query server's port, when started ([`Pipeline::start_with_query`]).
     pub query_port: Option<u16>,
+    /// Each service's `/metrics` port, by service (`ingest`, `validator`, `writer`, `query`),
+    /// in start order.
+    pub metrics_ports: Vec<(&'static str, u16)>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -65,12 +69,14 @@ impl Pipeline {
         let mut tasks = Vec::new();
         let ingest = eye_ingest::Application::build(settings.clone()).await.expect("build ingest");
         let ingest_port = ingest.port();
+        let mut metrics_ports = vec![("ingest", ingest.metrics_port().expect("own metrics"))];
         let token = shutdown.clone();
         tasks.push(tokio::spawn(
             async move { ingest.run_until_stopped(token).await.expect("ingest") },
         ));
         for _ in 0..validators {
             let app = eye_validator::Application::build(settings.clone()).await.expect("validator");
+            metrics_ports.push(("validator", app.metrics_port().expect("own metrics")));
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 app.run_until_stopped(token).await.expect("validator")
@@ -78,6 +84,7 @@ impl Pipeline {
         }
         for _ in 0..writers {
             let app = eye_writer::Application::build(settings.clone()).await.expect("writer");
+            metrics_ports.push(("writer", app.metrics_port().expect("own metrics")));
             let token = shutdown.clone();
             tasks.push(tokio::spawn(
                 async move { app.run_until_stopped(token).await.expect("writer") },
@@ -87,12 +94,22 @@ impl Pipeline {
         if query {
             let app = eye_query::Application::build(settings.clone()).await.expect("build query");
             query_port = Some(app.port());
+            metrics_ports.push(("query", app.metrics_port().expect("own metrics")));
             let token = shutdown.clone();
             tasks.push(tokio::spawn(
                 async move { app.run_until_stopped(token).await.expect("query") },
             ));
         }
-        Self { ingest_port, query_port, shutdown, tasks }
+        Self { ingest_port, query_port, metrics_ports, shutdown, tasks }
+    }
+
+    /// The `/metrics` port of the first instance of `service`.
+    pub fn metrics_port(&self, service: &str) -> u16 {
+        self.metrics_ports
+            .iter()
+            .find(|(name, _)| *name == service)
+            .map(|(_, port)| *port)
+            .unwrap_or_else(|| panic!("no {service} in this pipeline"))
     }
 
     pub fn endpoint(&self) -> String {
@@ -124,6 +141,35 @@ impl Pipeline {
                 .expect("service task");
         }
     }
+}
+
+/// `GET /metrics` on `127.0.0.1:port`, as a scraper does (HTTP/1.1, one request per
+/// connection): the response's `Content-Type` and body. Panics unless the answer is 200.
+pub async fn scrape_metrics(port: u16) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type").then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (content_type, body.to_owned())
+}
+
+/// The value of the sample `series` (`name` or `name{labels}`, exactly as exposed) in an
+/// exposition, if present.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A request carrying `key` as its bearer token.

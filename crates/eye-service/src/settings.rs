@@ -27,6 +27,7 @@ pub struct Settings {
     pub validator: ValidatorSettings,
     pub writer: WriterSettings,
     pub telemetry: TelemetrySettings,
+    pub metrics: MetricsSettings,
     pub tls: TlsSettings,
 }
 
@@ -215,6 +216,21 @@ pub struct TelemetrySettings {
     pub otlp_endpoint: Option<String>,
 }
 
+/// Where a service serves its Prometheus metrics (`GET /metrics`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MetricsSettings {
+    pub host: String,
+    /// HTTP port of `/metrics`; 0 picks a free one (tests, several services on one host).
+    pub port: u16,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self { host: "0.0.0.0".into(), port: 9000 }
+    }
+}
+
 impl Default for TelemetrySettings {
     fn default() -> Self {
         Self { log_format: LogFormat::Json, log_filter: "info".into(), otlp_endpoint: None }
@@ -299,6 +315,7 @@ mod tests {
         settings.validate().unwrap();
         assert_eq!(settings.ingest.port, 50051);
         assert_eq!(settings.query.port, 50052);
+        assert_eq!(settings.metrics.port, 9000);
         assert_eq!(settings.ingest.max_batch_events, 1_000);
         assert_eq!(settings.ingest.max_batch_bytes, 4 * 1024 * 1024);
         assert_eq!(settings.ingest.max_event_bytes, 64 * 1024);
@@ -319,6 +336,7 @@ mod tests {
                             ("EYE__INGEST__PORT".to_string(), "0".to_string()),
                             ("EYE__VALIDATOR__UNKNOWN_TYPE_POLICY".into(), "reject".into()),
                             ("EYE__WRITER__CONSUMER__BATCH_SIZE".into(), "7".into()),
+                            ("EYE__METRICS__PORT".into(), "0".into()),
                         ]
                         .into_iter()
                         .collect(),
@@ -330,6 +348,7 @@ mod tests {
         assert_eq!(settings.ingest.port, 0);
         assert_eq!(settings.validator.unknown_type_policy, UnknownTypePolicy::Reject);
         assert_eq!(settings.writer.consumer.batch_size, 7);
+        assert_eq!(settings.metrics.port, 0);
         assert_eq!(settings.ingest.max_batch_events, 1_000);
     }
 

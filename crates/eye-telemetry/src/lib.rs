@@ -1,12 +1,23 @@
-//! Logs and traces for every Eye binary, set up in one call.
+//! Logs, traces and metrics for every Eye binary, set up in one call each.
 //!
 //! [`init`] installs a `tracing` subscriber: JSON lines by default (`pretty` for humans), filtered
 //! by `RUST_LOG` or the configured filter, and, when an OTLP endpoint is configured (setting
 //! `telemetry.otlp_endpoint` or the standard `OTEL_EXPORTER_OTLP_ENDPOINT`), an OpenTelemetry
 //! layer exporting spans over OTLP/gRPC. Keep the returned [`Guard`] alive: dropping it flushes
-//! the exporter, with a timeout.
+//! the exporter, with a timeout. [`init_with_provider`] does the same with a tracer provider of
+//! the caller's (tests export to memory).
 //!
-//! Never log API keys or payload contents: log ids, counts and codes.
+//! # Layout
+//! - [`propagation`]: W3C trace context in and out of gRPC metadata and outbox row headers, so
+//!   one trace follows a request from the client through ingest, the validator and the writer.
+//! - [`metrics`]: every Prometheus metric family of the services, defined once, and the
+//!   `/metrics` HTTP endpoint.
+//!
+//! Never log API keys or payload contents, and never put them in span fields or metric labels:
+//! use ids, counts and codes.
+
+pub mod metrics;
+pub mod propagation;
 
 use std::io::IsTerminal;
 
@@ -32,8 +43,6 @@ impl Drop for Guard {
 /// Installs logging (and trace export, if configured) for `service`. Idempotent enough for tests:
 /// a second call leaves the first subscriber in place.
 pub fn init(service: &'static str, settings: &TelemetrySettings) -> Guard {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_filter));
     let endpoint = settings
         .otlp_endpoint
         .clone()
@@ -46,6 +55,26 @@ pub fn init(service: &'static str, settings: &TelemetrySettings) -> Guard {
             None
         }
     });
+    install(service, settings, provider)
+}
+
+/// [`init`] with spans going to `provider` instead of OTLP: for tests (an in-memory exporter) or
+/// embedders with their own export pipeline. Dropping the guard shuts `provider` down.
+pub fn init_with_provider(
+    service: &'static str,
+    settings: &TelemetrySettings,
+    provider: SdkTracerProvider,
+) -> Guard {
+    install(service, settings, Some(provider))
+}
+
+fn install(
+    service: &'static str,
+    settings: &TelemetrySettings,
+    provider: Option<SdkTracerProvider>,
+) -> Guard {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log_filter));
     let otel = provider
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer(service)));

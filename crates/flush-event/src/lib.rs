@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 pub use enqueue::{flush_event, flush_events};
 pub use outbox::{Claimed, Outbox, OutboxConfig, RetryOutcome};
 pub use wake::Waker;
-pub use worker::{Handler, run_worker};
+pub use worker::{BatchReport, Handler, run_worker, run_workers};
 
 /// Propagation headers carried by each row, e.g. the W3C `traceparent` of the call that made it.
 pub type Headers = BTreeMap<String, String>;

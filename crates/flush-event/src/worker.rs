@@ -1,12 +1,21 @@
 //! The consumer loop: claim a batch, hand it to a [`Handler`] inside a transaction, ack in that
 //! same transaction, commit. Failures are isolated row by row, then (for splittable messages)
 //! item by item.
+//!
+//! Each claimed batch is processed inside a `hand_off` span (fields `stage`, `rows`) and then
+//! reported to [`Handler::observe`], so that a service can record metrics without this crate
+//! depending on a metrics library.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use prost::Message;
 use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{Claimed, Error, Outbox, RetryOutcome, Waker};
 
@@ -32,6 +41,32 @@ pub trait Handler: Send + Sync + 'static {
     fn split(&self, _body: &Self::Message) -> Option<(Self::Message, Self::Message)> {
         None
     }
+
+    /// Called once per claimed batch after it was processed, committed or not: a hook for
+    /// metrics. The default does nothing.
+    fn observe(&self, _batch: &BatchReport<'_>) {}
+}
+
+/// What became of one claimed batch, for [`Handler::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchReport<'a> {
+    pub stage: &'a str,
+    /// Rows claimed and handed to the handler.
+    pub rows: usize,
+    /// Rows that failed even when handed off alone (then split, retried or dead-lettered).
+    pub failed: usize,
+    /// Rows whose lease another consumer took over before the hand-off committed.
+    pub lease_lost: usize,
+    /// From the start of the claim to the end of the hand-off, row-by-row isolation included.
+    pub elapsed: Duration,
+}
+
+/// Rows of one batch that did not commit.
+#[derive(Debug, Default, Clone, Copy)]
+struct Unfinished {
+    failed: usize,
+    lease_lost: usize,
 }
 
 /// Why one hand-off did not commit.
@@ -53,8 +88,30 @@ fn source_text(error: &Error) -> String {
     std::error::Error::source(error).map(ToString::to_string).unwrap_or_default()
 }
 
+/// Runs `concurrency` consumer loops ([`run_worker`]) for `outbox` and returns when all of them
+/// have stopped (after `shutdown`, each with its batch in hand finished).
+pub async fn run_workers<H: Handler>(
+    outbox: Outbox,
+    handler: Arc<H>,
+    waker: Waker,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let mut loops = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        loops.spawn(run_worker(outbox.clone(), handler.clone(), waker.clone(), shutdown.clone()));
+    }
+    tracing::info!(stage = outbox.stage(), loops = concurrency, "consumers running");
+    while let Some(stopped) = loops.join_next().await {
+        if let Err(error) = stopped {
+            tracing::error!(stage = outbox.stage(), %error, "consumer loop failed");
+        }
+    }
+    tracing::info!(stage = outbox.stage(), "consumers drained");
+}
+
 /// Runs one consumer loop for `outbox` until `shutdown` is cancelled; the batch in hand is always
-/// finished first. Run several for parallelism: claims never overlap.
+/// finished first. Run several for parallelism ([`run_workers`]): claims never overlap.
 ///
 /// After a full batch it claims again at once; otherwise it waits for a wake-up from `waker`, or
 /// the poll interval, whichever comes first.
@@ -68,13 +125,24 @@ pub async fn run_worker<H: Handler>(
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         woken.borrow_and_update();
+        let started = Instant::now();
         let full = match outbox.claim_batch::<H::Message>().await {
             Ok((rows, taken)) => {
                 failures = 0;
                 // Counted before claim's dead-lettering: a full claim means more may be waiting.
                 let full = taken as i64 >= outbox.config().batch_size;
                 if !rows.is_empty() {
-                    process(&outbox, &*handler, rows).await;
+                    let count = rows.len();
+                    let span =
+                        tracing::info_span!("hand_off", stage = outbox.stage(), rows = count);
+                    let unfinished = process(&outbox, &*handler, rows).instrument(span).await;
+                    handler.observe(&BatchReport {
+                        stage: outbox.stage(),
+                        rows: count,
+                        failed: unfinished.failed,
+                        lease_lost: unfinished.lease_lost,
+                        elapsed: started.elapsed(),
+                    });
                 }
                 full
             }
@@ -101,9 +169,13 @@ pub async fn run_worker<H: Handler>(
 
 /// Hands `rows` off; if the batch fails, isolates the failure by handing each row off alone and
 /// retrying (or dead-lettering) only the ones that fail by themselves.
-async fn process<H: Handler>(outbox: &Outbox, handler: &H, rows: Vec<Claimed<H::Message>>) {
+async fn process<H: Handler>(
+    outbox: &Outbox,
+    handler: &H,
+    rows: Vec<Claimed<H::Message>>,
+) -> Unfinished {
     let error = match hand_off(outbox, handler, &rows).await {
-        Ok(()) => return,
+        Ok(()) => return Unfinished::default(),
         Err(Failure::Outbox(Error::LeaseLost { expected, matched })) => {
             tracing::warn!(
                 stage = outbox.stage(),
@@ -111,22 +183,28 @@ async fn process<H: Handler>(outbox: &Outbox, handler: &H, rows: Vec<Claimed<H::
                 matched,
                 "lease lost; hand-off rolled back"
             );
-            return;
+            return Unfinished { failed: 0, lease_lost: rows.len() };
         }
         Err(error) => error,
     };
     if rows.len() == 1 {
         isolate(outbox, handler, &rows[0], error.to_string()).await;
-        return;
+        return Unfinished { failed: 1, lease_lost: 0 };
     }
     tracing::warn!(stage = outbox.stage(), batch = rows.len(), %error, "batch failed; isolating rows");
+    let mut unfinished = Unfinished::default();
     for row in rows {
         let single = std::slice::from_ref(&row);
         match hand_off(outbox, handler, single).await {
-            Ok(()) | Err(Failure::Outbox(Error::LeaseLost { .. })) => {}
-            Err(error) => isolate(outbox, handler, &row, error.to_string()).await,
+            Ok(()) => {}
+            Err(Failure::Outbox(Error::LeaseLost { .. })) => unfinished.lease_lost += 1,
+            Err(error) => {
+                unfinished.failed += 1;
+                isolate(outbox, handler, &row, error.to_string()).await;
+            }
         }
     }
+    unfinished
 }
 
 /// A row failed alone: split it if its message can be split, else retry it.

@@ -84,6 +84,8 @@ impl TestDb {
         settings.ingest.port = 0;
         settings.query.host = "127.0.0.1".into();
         settings.query.port = 0;
+        settings.metrics.host = "127.0.0.1".into();
+        settings.metrics.port = 0;
         settings
     }
 }

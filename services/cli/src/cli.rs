@@ -1,11 +1,13 @@
 //! The command-line grammar. Command names are part of the contract (see the design brief).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use eye_service::auth::Role;
 use uuid::Uuid;
+
+use crate::time::{parse_duration, parse_instant};
 
 /// The Eye: collect events from trusted applications, validate them, store them.
 #[derive(Debug, Parser)]
@@ -17,8 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole pipeline (ingest, validator, writer) locally in one process, with a private
-    /// PostgreSQL under ./.eye/pg unless DATABASE_URL is set. Prints a fresh API key.
+    /// Run the whole pipeline (ingest, validator, writer, query) locally in one process, with a
+    /// private PostgreSQL under ./.eye/pg unless DATABASE_URL is set. Prints a fresh API key.
     Dev,
     /// Apply the database migrations.
     Migrate,
@@ -30,6 +32,16 @@ pub enum Command {
     Schemas(SchemasCommand),
     /// Send one event to an ingest server and print its result.
     Send(SendArgs),
+    /// List stored events matching a filter, oldest first.
+    Events(EventsArgs),
+    /// Show a session: its summary, then its events in time order.
+    Session(SessionArgs),
+    /// List quarantined events (newest first) with counts per reason.
+    Errors(ErrorsArgs),
+    /// Send quarantined events back through validation, e.g. after a schema fix.
+    Replay(ReplayArgs),
+    /// Pipeline health: queue depth and lag per stage, events stored and errors in a window.
+    Stats(StatsArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +165,152 @@ impl std::fmt::Debug for SendArgs {
             .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
+}
+
+/// How the query commands reach the query server, and how they print.
+#[derive(Clone, Args)]
+pub struct QueryArgs {
+    /// The query server.
+    #[arg(
+        long = "query-endpoint",
+        env = "EYE_QUERY_ENDPOINT",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub endpoint: String,
+    /// API key with the `read` role (prefer the environment variable: arguments are visible to
+    /// other users of the machine).
+    #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Print one JSON object per line (each with a "kind") instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Never shows the key.
+impl std::fmt::Debug for QueryArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryArgs")
+            .field("endpoint", &self.endpoint)
+            .field("json", &self.json)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this session's events.
+    #[arg(long)]
+    pub session: Option<Uuid>,
+    /// Only this category, e.g. "page interaction".
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Only this name, e.g. "pageview" (fastest with --category).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only events sent by this application (its name or id).
+    #[arg(long)]
+    pub application: Option<String>,
+    /// Events that occurred at or after this time: RFC 3339, a date, or how long ago (1h, 15m,
+    /// 2d).
+    #[arg(long, value_parser = parse_instant)]
+    pub from: Option<DateTime<Utc>>,
+    /// Events that occurred before this time (same forms as --from).
+    #[arg(long, value_parser = parse_instant)]
+    pub to: Option<DateTime<Utc>>,
+    /// Events whose payload contains this JSON object, e.g. '{"path": "/checkout"}'.
+    #[arg(long)]
+    pub contains: Option<String>,
+    /// Most events to print (pages are followed until then).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// The session's UUID.
+    pub session: Uuid,
+    /// Most events to print (pages are followed until then).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+/// Which quarantined events a command selects.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ErrorSelection {
+    /// Only this reason: schema_violation, timestamp_in_future, timestamp_too_old,
+    /// unknown_event_type, invalid_payload.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only this category.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Only this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only events sent by this application (its name or id).
+    #[arg(long)]
+    pub application: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ErrorsArgs {
+    #[command(flatten)]
+    pub selection: ErrorSelection,
+    /// Only errors that (last) failed validation at or after this time: RFC 3339, a date, or how
+    /// long ago (1h, 15m, 2d).
+    #[arg(long, value_parser = parse_instant)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only errors in this replay state; repeat for several.
+    #[arg(long = "outcome", value_enum)]
+    pub outcomes: Vec<OutcomeArg>,
+    /// Most errors to print (pages are followed until then); the counts cover every match.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+/// The replay state of a quarantined event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutcomeArg {
+    /// Never replayed.
+    NotReplayed,
+    /// Replayed, not validated yet.
+    Pending,
+    /// Replayed and stored.
+    Stored,
+    /// Replayed and refused again.
+    StillInvalid,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub selection: ErrorSelection,
+    /// Replay these errors (ids from `eye errors`); repeat or list several.
+    #[arg(long = "id", num_args = 1.., value_parser = clap::value_parser!(i64).range(1..))]
+    pub ids: Vec<i64>,
+    /// Replay every quarantined event not yet stored (needed when nothing else selects).
+    #[arg(long, conflicts_with = "ids")]
+    pub all: bool,
+    /// Most errors to replay [default: every match].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+    #[command(flatten)]
+    pub query: QueryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The window the counts cover, ending now: 30s, 15m, 1h, 2d (at most 7 days).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub window: Duration,
+    #[command(flatten)]
+    pub query: QueryArgs,
 }
 
 fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {

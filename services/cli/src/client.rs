@@ -1,9 +1,13 @@
-//! A reusable client of `eye.v1.IngestService`: connect once with an API key, send batches, get one
-//! [`EventResult`] per event, in order.
+//! Reusable clients of The Eye's gRPC services, authenticated with an API key:
+//! - [`Client`] sends events to `eye.v1.IngestService` and gets one [`EventResult`] per event, in
+//!   order;
+//! - [`QueryClient`] reads `eye.v1.QueryService` (a key with the `read` role): events, sessions,
+//!   quarantined events (and their replay) and stats, following page tokens up to a limit.
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
-//! use eye_cli::client::{Client, event};
+//! use eye_cli::client::{Client, QueryClient, event};
+//! use eye_proto::v1::EventFilter;
 //!
 //! let client = Client::connect("http://127.0.0.1:50051", "eye_...").await?;
 //! let session = uuid::Uuid::new_v4();
@@ -11,18 +15,27 @@
 //!     .send(vec![event("page interaction", "pageview", r#"{"host":"a.b","path":"/"}"#, session)])
 //!     .await?;
 //! println!("{:?}", results[0].status());
+//!
+//! let query = QueryClient::connect("http://127.0.0.1:50052", "eye_...").await?;
+//! let filter = EventFilter { session_id: session.to_string(), ..EventFilter::default() };
+//! for event in query.list_events(filter, 1_000).await?.items {
+//!     println!("{} {}", event.name, event.data_json);
+//! }
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! The client is cheap to clone; clones share one HTTP/2 connection. The key travels as gRPC
+//! Clients are cheap to clone; clones share one HTTP/2 connection. The key travels as gRPC
 //! metadata `authorization: Bearer <key>`, marked sensitive, and never appears in `Debug` output.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use eye_proto::v1::{
-    Event, EventResult, EventStatus, SendEventsRequest, ingest_service_client::IngestServiceClient,
+    ErrorFilter, Event, EventError, EventFilter, EventResult, EventStatus, GetSessionRequest,
+    GetStatsRequest, GetStatsResponse, ListErrorsRequest, ListEventsRequest, ReasonCount,
+    ReplayErrorsRequest, ReplayErrorsResponse, SendEventsRequest, SessionSummary, StoredEvent,
+    ingest_service_client::IngestServiceClient, query_service_client::QueryServiceClient,
 };
 use tonic::{
     Code, Status,
@@ -66,23 +79,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`), authenticating with `key`.
     pub async fn connect(endpoint: impl Into<String>, key: &str) -> Result<Self, ConnectError> {
-        let endpoint = endpoint.into();
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(ConnectError::InvalidKey);
-        }
-        let mut authorization: MetadataValue<Ascii> =
-            format!("Bearer {key}").parse().map_err(|_| ConnectError::InvalidKey)?;
-        authorization.set_sensitive(true);
-        let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|error| ConnectError::InvalidEndpoint {
-                endpoint: endpoint.clone(),
-                reason: error.to_string(),
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|source| ConnectError::Connect { endpoint, source })?;
+        let (channel, authorization) = connect(endpoint.into(), key).await?;
         Ok(Self { inner: IngestServiceClient::new(channel), authorization })
     }
 
@@ -90,11 +87,11 @@ impl Client {
     /// as a whole (bad key, over the limits, server unavailable) is an `Err`.
     pub async fn send(&self, events: Vec<Event>) -> Result<Vec<EventResult>, Status> {
         let count = events.len();
-        let mut request = tonic::Request::new(SendEventsRequest {
+        let request = SendEventsRequest {
             events,
             sent_at: Some(event_model::envelope::to_timestamp(Utc::now())),
-        });
-        request.metadata_mut().insert("authorization", self.authorization.clone());
+        };
+        let request = authorized(request, &self.authorization);
         let results = self.inner.clone().send_events(request).await?.into_inner().results;
         if results.len() != count {
             return Err(Status::internal(format!(
@@ -104,6 +101,201 @@ impl Client {
         }
         Ok(results)
     }
+}
+
+/// Checks the key and opens a channel to `endpoint`.
+async fn connect(
+    endpoint: String,
+    key: &str,
+) -> Result<(Channel, MetadataValue<Ascii>), ConnectError> {
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(ConnectError::InvalidKey);
+    }
+    let mut authorization: MetadataValue<Ascii> =
+        format!("Bearer {key}").parse().map_err(|_| ConnectError::InvalidKey)?;
+    authorization.set_sensitive(true);
+    let channel = Endpoint::from_shared(endpoint.clone())
+        .map_err(|error| ConnectError::InvalidEndpoint {
+            endpoint: endpoint.clone(),
+            reason: error.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Connect { endpoint, source })?;
+    Ok((channel, authorization))
+}
+
+fn authorized<T>(message: T, authorization: &MetadataValue<Ascii>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", authorization.clone());
+    request
+}
+
+/// Most items the server returns per page.
+pub const MAX_PAGE_SIZE: usize = 1_000;
+
+/// Items read by following page tokens, up to a limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listing<T> {
+    pub items: Vec<T>,
+    /// The limit was reached while more items matched.
+    pub truncated: bool,
+}
+
+/// An authenticated `QueryService` client (the key needs the `read` role).
+///
+/// The listing methods follow `next_page_token` until `limit` items are read or the result ends,
+/// asking for no more than the items still wanted; the server may return fewer per page (it keeps
+/// pages under 4 MiB), which only means more round trips.
+#[derive(Clone)]
+pub struct QueryClient {
+    inner: QueryServiceClient<Channel>,
+    authorization: MetadataValue<Ascii>,
+}
+
+/// Never shows the key.
+impl std::fmt::Debug for QueryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryClient").finish_non_exhaustive()
+    }
+}
+
+impl QueryClient {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50052`), authenticating with `key`.
+    pub async fn connect(endpoint: impl Into<String>, key: &str) -> Result<Self, ConnectError> {
+        let (channel, authorization) = connect(endpoint.into(), key).await?;
+        Ok(Self { inner: QueryServiceClient::new(channel), authorization })
+    }
+
+    /// Up to `limit` stored events matching `filter`, in time order.
+    pub async fn list_events(
+        &self,
+        filter: EventFilter,
+        limit: usize,
+    ) -> Result<Listing<StoredEvent>, Status> {
+        let mut listing = Listing::default();
+        let mut page_token = String::new();
+        loop {
+            let request = ListEventsRequest {
+                filter: Some(filter.clone()),
+                page_size: page_size(limit, listing.items.len()),
+                page_token,
+            };
+            let page = self
+                .inner
+                .clone()
+                .list_events(authorized(request, &self.authorization))
+                .await?
+                .into_inner();
+            listing.items.extend(page.events);
+            page_token = page.next_page_token;
+            if page_token.is_empty() || listing.items.len() >= limit {
+                listing.truncated = !page_token.is_empty();
+                return Ok(listing);
+            }
+        }
+    }
+
+    /// A session's summary and up to `limit` of its events, in time order. An unknown session is
+    /// `NOT_FOUND`.
+    pub async fn session(
+        &self,
+        session_id: &str,
+        limit: usize,
+    ) -> Result<(SessionSummary, Listing<StoredEvent>), Status> {
+        let mut listing = Listing::default();
+        let mut page_token = String::new();
+        loop {
+            let request = GetSessionRequest {
+                session_id: session_id.to_owned(),
+                page_size: page_size(limit, listing.items.len()),
+                page_token,
+            };
+            let page = self
+                .inner
+                .clone()
+                .get_session(authorized(request, &self.authorization))
+                .await?
+                .into_inner();
+            listing.items.extend(page.events);
+            page_token = page.next_page_token;
+            if page_token.is_empty() || listing.items.len() >= limit {
+                listing.truncated = !page_token.is_empty();
+                let summary = page.session.unwrap_or_default();
+                return Ok((summary, listing));
+            }
+        }
+    }
+
+    /// Up to `limit` quarantined events matching `filter`, newest first, and the counts per
+    /// reason over the whole filter.
+    pub async fn list_errors(
+        &self,
+        filter: ErrorFilter,
+        limit: usize,
+    ) -> Result<(Listing<EventError>, Vec<ReasonCount>), Status> {
+        let mut listing = Listing::default();
+        let mut counts = None;
+        let mut page_token = String::new();
+        loop {
+            let request = ListErrorsRequest {
+                filter: Some(filter.clone()),
+                page_size: page_size(limit, listing.items.len()),
+                page_token,
+            };
+            let page = self
+                .inner
+                .clone()
+                .list_errors(authorized(request, &self.authorization))
+                .await?
+                .into_inner();
+            listing.items.extend(page.errors);
+            // Counted with the first page; later pages count again, possibly newer rows.
+            counts.get_or_insert(page.counts);
+            page_token = page.next_page_token;
+            if page_token.is_empty() || listing.items.len() >= limit {
+                listing.truncated = !page_token.is_empty();
+                return Ok((listing, counts.unwrap_or_default()));
+            }
+        }
+    }
+
+    /// One `ReplayErrors` call (see `ReplayErrorsRequest` for what it selects).
+    pub async fn replay_errors(
+        &self,
+        request: ReplayErrorsRequest,
+    ) -> Result<ReplayErrorsResponse, Status> {
+        Ok(self
+            .inner
+            .clone()
+            .replay_errors(authorized(request, &self.authorization))
+            .await?
+            .into_inner())
+    }
+
+    /// Pipeline stats over the `window` ending now (the server's default, 1 hour, when `None`).
+    pub async fn stats(&self, window: Option<Duration>) -> Result<GetStatsResponse, Status> {
+        let window = match window {
+            None => None,
+            Some(window) => Some(
+                prost_types::Duration::try_from(window)
+                    .map_err(|_| Status::invalid_argument("window: too long"))?,
+            ),
+        };
+        Ok(self
+            .inner
+            .clone()
+            .get_stats(authorized(GetStatsRequest { window }, &self.authorization))
+            .await?
+            .into_inner())
+    }
+}
+
+/// The page size to ask for when `read` of `limit` items are in hand.
+fn page_size(limit: usize, read: usize) -> i32 {
+    limit.saturating_sub(read).clamp(1, MAX_PAGE_SIZE) as i32
 }
 
 /// An event happening now, with a server-assigned event id.

@@ -1,6 +1,8 @@
 //! `eye`: The Eye's command line. It runs the whole pipeline on a laptop (`eye dev`), applies the
-//! migrations, manages applications, API keys and event schemas, and sends test events. Its
-//! [`client`] module is the reusable Rust client of `eye.v1.IngestService`.
+//! migrations, manages applications, API keys and event schemas, sends test events, and reads
+//! the store through the query server: events, sessions, quarantined events (and their replay)
+//! and pipeline stats. Its [`client`] module holds the reusable Rust clients of
+//! `eye.v1.IngestService` and `eye.v1.QueryService`.
 //!
 //! Admin commands (`migrate`, `apps`, `schemas`) use `DATABASE_URL` when it is set (or
 //! `database.url` in the settings); otherwise the same private PostgreSQL as `eye dev` run from the
@@ -8,16 +10,23 @@
 //! terminal next to `eye dev` with nothing to export.
 //!
 //! stdout carries results only where scripts rely on it: `eye apps create` and `eye apps key`
-//! print the new API key alone on the last line (`eye apps create x | tail -1`). Errors go to
-//! stderr and exit with status 1. API keys are printed once, when issued, and never logged.
+//! print the new API key alone on the last line (`eye apps create x | tail -1`); the read
+//! commands print tables, or one JSON object per line with `--json`, and put notes (such as "more
+//! match: raise --limit") on stderr. Errors go to stderr and exit with status 1. API keys are
+//! printed once, when issued, and never logged.
 //!
 //! # Layout
 //! - [`cli`]: the command-line grammar (clap derive).
 //! - [`commands`]: one module per command: [`apps`](commands::apps), [`schemas`](commands::schemas),
-//!   [`send`](commands::send), [`migrate`](commands::migrate), [`dev`](commands::dev).
+//!   [`send`](commands::send), [`migrate`](commands::migrate), [`dev`](commands::dev), and the
+//!   read commands [`events`](commands::events), [`session`](commands::session),
+//!   [`errors`](commands::errors), [`replay`](commands::replay), [`stats`](commands::stats), which
+//!   share [`read`](commands::read) (connecting, refusals, table rows and JSON lines).
 //! - [`database`]: which database to use (configured, or the local dev server) and turning
 //!   database errors into messages that say what to do.
-//! - [`client`]: [`Client`](client::Client), an authenticated `IngestService` client.
+//! - [`client`]: [`Client`](client::Client) and [`QueryClient`](client::QueryClient), authenticated
+//!   clients of the ingest and query services.
+//! - [`time`]: times on the command line (`--from 1h`, RFC 3339) and durations (`--window 2d`).
 //! - `table`: plain-text tables for the `list` commands.
 
 pub mod cli;
@@ -25,6 +34,7 @@ pub mod client;
 pub mod commands;
 pub mod database;
 mod table;
+pub mod time;
 
 use eye_service::{
     Settings,
@@ -46,8 +56,22 @@ pub fn adapt_telemetry(command: &Command, telemetry: &mut TelemetrySettings) {
     }
 }
 
-/// Runs one command to completion.
+/// Runs one command to completion. A closed stdout (the reader of a pipe went away, as with
+/// `eye events --json | head -1`) ends it quietly, as a success.
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match run_command(cli, settings).await {
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        result => result,
+    }
+}
+
+async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev => commands::dev::run(settings).await,
         Command::Migrate => {
@@ -63,5 +87,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             commands::schemas::run(&pool, command).await
         }
         Command::Send(args) => commands::send::run(args).await,
+        Command::Events(args) => commands::events::run(args).await,
+        Command::Session(args) => commands::session::run(args).await,
+        Command::Errors(args) => commands::errors::run(args).await,
+        Command::Replay(args) => commands::replay::run(args).await,
+        Command::Stats(args) => commands::stats::run(args).await,
     }
 }

@@ -10,9 +10,11 @@ use std::{collections::HashSet, sync::Arc};
 
 use chrono::{DateTime, Utc};
 use event_model::{ApplicationId, Event, batch};
+use eye_telemetry::{metrics::Metrics, propagation};
 use flush_event::Headers;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{VALIDATE_STAGE, error::IngestError};
@@ -43,7 +45,11 @@ pub struct Committer {
 
 impl Committer {
     /// Starts `commit_concurrency` commit loops.
-    pub fn start(pool: PgPool, settings: &eye_service::settings::IngestSettings) -> Self {
+    pub fn start(
+        pool: PgPool,
+        settings: &eye_service::settings::IngestSettings,
+        metrics: Metrics,
+    ) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         let receiver = Arc::new(Mutex::new(receiver));
         let loops = (0..settings.commit_concurrency)
@@ -52,6 +58,7 @@ impl Committer {
                     pool.clone(),
                     receiver.clone(),
                     settings.commit_max_events,
+                    metrics.clone(),
                 ))
             })
             .collect();
@@ -91,7 +98,12 @@ impl Committer {
     }
 }
 
-async fn commit_loop(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, max_events: usize) {
+async fn commit_loop(
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    max_events: usize,
+    metrics: Metrics,
+) {
     loop {
         let jobs = {
             let mut receiver = receiver.lock().await;
@@ -111,8 +123,16 @@ async fn commit_loop(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Job>>>, ma
         };
         let (submissions, replies): (Vec<_>, Vec<_>) =
             jobs.into_iter().map(|job| (job.submission, job.reply)).unzip();
-        match commit_group(&pool, submissions).await {
+        let events = submissions.iter().map(|s| s.events.len()).sum::<usize>();
+        // A group serves many requests, so it has a trace of its own, linked to each request.
+        let span = tracing::info_span!("group_commit", requests = submissions.len(), events);
+        for submission in &submissions {
+            propagation::link_to_headers(&span, &submission.headers);
+        }
+        let requests = submissions.len();
+        match commit_group(&pool, submissions).instrument(span).await {
             Ok(outcomes) => {
+                metrics.ingest().observe_commit(requests, events);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }

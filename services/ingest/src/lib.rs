@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use eye_proto::v1::ingest_service_server::IngestServiceServer;
 use eye_service::{Settings, auth::Authenticator, database::DatabaseStatus, grpc};
+use eye_telemetry::metrics::{Metrics, MetricsServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,14 +43,26 @@ pub struct Application {
     database: DatabaseStatus,
     pool: sqlx::PgPool,
     settings: Settings,
+    metrics_server: Option<MetricsServer>,
 }
 
 impl Application {
-    /// Connects (lazily) to the database and binds the port.
+    /// Connects (lazily) to the database and binds the gRPC and metrics ports.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let server = MetricsServer::bind(&settings.metrics, metrics.clone()).await?;
+        let mut app = Self::build_with_metrics(settings, metrics).await?;
+        app.metrics_server = Some(server);
+        Ok(app)
+    }
+
+    /// [`build`](Self::build), recording into `metrics` and serving no `/metrics` of its own:
+    /// for several services in one process (`eye dev`), whose caller serves `metrics`.
+    pub async fn build_with_metrics(settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
         let pool = eye_service::database::pool(&settings.database)?;
+        metrics.watch_pool(&pool);
         let listener = grpc::bind(&settings.ingest.host, settings.ingest.port).await?;
-        let committer = commit::Committer::start(pool.clone(), &settings.ingest);
+        let committer = commit::Committer::start(pool.clone(), &settings.ingest, metrics.clone());
         let auth = Authenticator::new(
             pool.clone(),
             Duration::from_millis(settings.ingest.auth_cache_ttl_ms),
@@ -57,9 +70,23 @@ impl Application {
         let database = DatabaseStatus::default();
         let backpressure =
             backpressure::Backpressure::new(database.clone(), settings.ingest.max_backlog_rows);
-        let service =
-            service::Ingest::new(auth, backpressure.clone(), committer.clone(), &settings.ingest);
-        Ok(Self { listener, service, committer, backpressure, database, pool, settings })
+        let service = service::Ingest::new(
+            auth,
+            backpressure.clone(),
+            committer.clone(),
+            &settings.ingest,
+            metrics,
+        );
+        Ok(Self {
+            listener,
+            service,
+            committer,
+            backpressure,
+            database,
+            pool,
+            settings,
+            metrics_server: None,
+        })
     }
 
     /// The bound port (useful with port 0).
@@ -67,10 +94,26 @@ impl Application {
         grpc::local_addr(&self.listener).port()
     }
 
+    /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(MetricsServer::port)
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
     /// and their commits land, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, service, committer, backpressure, database, pool, settings } = self;
+        let Self {
+            listener,
+            service,
+            committer,
+            backpressure,
+            database,
+            pool,
+            settings,
+            metrics_server,
+        } = self;
+        // Serves until the end of the drain, so the drain itself can be watched.
+        let metrics_server = metrics_server.map(MetricsServer::spawn);
         tokio::spawn(backpressure.watch_backlog(
             pool.clone(),
             Duration::from_millis(settings.ingest.backlog_check_ms),
@@ -87,7 +130,7 @@ impl Application {
                     .max_encoding_message_size(max_message),
             )
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                grpc::incoming(listener),
                 shutdown.clone().cancelled_owned(),
             );
         let served = grpc::drain_within(server, &shutdown, GRACE_PERIOD).await;
@@ -95,6 +138,9 @@ impl Application {
         match tokio::time::timeout(GRACE_PERIOD, committer.close()).await {
             Ok(()) => tracing::info!("ingest drained"),
             Err(_) => tracing::warn!("ingest commits did not drain within the grace period"),
+        }
+        if let Some(server) = metrics_server {
+            server.stop().await;
         }
         served?;
         Ok(())

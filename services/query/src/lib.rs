@@ -23,6 +23,7 @@ use std::{str::FromStr, time::Duration};
 
 use eye_proto::v1::query_service_server::QueryServiceServer;
 use eye_service::{Settings, auth::Authenticator, grpc, settings::DatabaseSettings};
+use eye_telemetry::metrics::{Metrics, MetricsServer};
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -47,12 +48,24 @@ pub struct Application {
     server: tonic::transport::Server,
     service: service::Query,
     pool: PgPool,
+    metrics_server: Option<MetricsServer>,
 }
 
 impl Application {
-    /// Connects (lazily) to the database and binds the port.
+    /// Connects (lazily) to the database and binds the gRPC and metrics ports.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let server = MetricsServer::bind(&settings.metrics, metrics.clone()).await?;
+        let mut app = Self::build_with_metrics(settings, metrics).await?;
+        app.metrics_server = Some(server);
+        Ok(app)
+    }
+
+    /// [`build`](Self::build), recording into `metrics` and serving no `/metrics` of its own:
+    /// for several services in one process, whose caller serves `metrics`.
+    pub async fn build_with_metrics(settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
         let pool = pool(&settings.database)?;
+        metrics.watch_pool(&pool);
         let listener = grpc::bind(&settings.query.host, settings.query.port).await?;
         // Keys are cached as long as ingest caches them: one bound on how long a revoked key works.
         let auth = Authenticator::new(
@@ -61,7 +74,7 @@ impl Application {
         );
         let service = service::Query::new(pool.clone(), auth);
         let server = grpc::server(&settings.tls)?;
-        Ok(Self { listener, server, service, pool })
+        Ok(Self { listener, server, service, pool, metrics_server: None })
     }
 
     /// The bound port (useful with port 0).
@@ -69,10 +82,16 @@ impl Application {
         grpc::local_addr(&self.listener).port()
     }
 
+    /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(MetricsServer::port)
+    }
+
     /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
     /// finish, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, mut server, service, pool } = self;
+        let Self { listener, mut server, service, pool, metrics_server } = self;
+        let metrics_server = metrics_server.map(MetricsServer::spawn);
         let health =
             grpc::health("eye.v1.QueryService", pool, Default::default(), shutdown.clone()).await;
         let server = server
@@ -80,11 +99,15 @@ impl Application {
             .add_service(grpc::reflection())
             .add_service(QueryServiceServer::new(service))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                grpc::incoming(listener),
                 shutdown.clone().cancelled_owned(),
             );
-        grpc::drain_within(server, &shutdown, GRACE_PERIOD).await?;
+        let served = grpc::drain_within(server, &shutdown, GRACE_PERIOD).await;
         tracing::info!("eye-query drained");
+        if let Some(server) = metrics_server {
+            server.stop().await;
+        }
+        served?;
         Ok(())
     }
 }

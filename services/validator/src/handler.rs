@@ -1,19 +1,23 @@
 //! The validator's outbox handler: validate a claimed batch, hand valid events to `write`,
 //! quarantine the rest, all in the hand-off transaction.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use event_model::{ApplicationId, ErrorReason, Event, batch};
 use eye_proto::v1::EventBatch;
 use eye_service::settings::{UnknownTypePolicy, ValidatorSettings};
-use flush_event::{Claimed, Handler, Headers};
+use eye_telemetry::{
+    metrics::{Metrics, ValidationMetrics},
+    propagation,
+};
+use flush_event::{BatchReport, Claimed, Handler, Headers};
 use sqlx::PgConnection;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    WRITE_STAGE,
+    VALIDATE_STAGE, WRITE_STAGE,
     registry::{self, Registry},
     rules::TimestampRules,
 };
@@ -32,11 +36,13 @@ pub struct Validator {
     rules: TimestampRules,
     unknown_type_policy: UnknownTypePolicy,
     registry: Mutex<Registry>,
+    metrics: Metrics,
 }
 
 impl Validator {
-    pub fn new(settings: &ValidatorSettings) -> Self {
+    pub fn new(settings: &ValidatorSettings, metrics: Metrics) -> Self {
         Self {
+            metrics,
             rules: TimestampRules {
                 future_tolerance: Duration::from_millis(settings.future_tolerance_ms),
                 max_age: settings.max_age_ms.map(Duration::from_millis),
@@ -181,6 +187,10 @@ impl Handler for Validator {
         batch::split(body)
     }
 
+    fn observe(&self, batch: &BatchReport<'_>) {
+        self.metrics.stage().observe_batch(batch);
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
@@ -192,7 +202,22 @@ impl Handler for Validator {
         let mut quarantine = Quarantine::default();
         let mut replayed = Replayed::default();
         let mut undecodable = 0usize;
+        // Quarantined events per (reason, registered type), counted once the batch is written.
+        let mut errors: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
+        // One span per row, in the trace of the request that made it (its `traceparent`), kept
+        // open until the batch is written.
+        let mut spans = Vec::with_capacity(rows.len());
         for row in rows {
+            let span = tracing::info_span!(
+                "validate",
+                otel.kind = "consumer",
+                row = row.id,
+                attempts = row.attempts,
+                events = row.body.events.len(),
+            );
+            propagation::set_parent(&span, &row.headers);
+            propagation::link_to_span(&span, &tracing::Span::current());
+            let entered = span.enter();
             let Ok((app, received_at)) = batch::decode_header(&row.body) else {
                 undecodable += row.body.events.len();
                 tracing::error!(row = row.id, "batch header does not decode");
@@ -213,13 +238,23 @@ impl Handler for Validator {
                         passed.push((event, version))
                     }
                     Err((reason, message)) => {
+                        let event_type = match registry.get(&event.event_type) {
+                            Some(_) => event.event_type.to_string(),
+                            None => ValidationMetrics::UNREGISTERED_TYPE.to_owned(),
+                        };
+                        *errors.entry((reason.code(), event_type)).or_default() += 1;
                         quarantine.push(app, received_at, event, reason, message)
                     }
                 }
             }
             if !passed.is_empty() {
-                valid.push((batch::encode(app, received_at, passed), row.headers.clone()));
+                // The writer's row continues this row's trace from this span.
+                let mut headers = row.headers.clone();
+                propagation::inject(&span, &mut headers);
+                valid.push((batch::encode(app, received_at, passed), headers));
             }
+            drop(entered);
+            spans.push(span);
         }
         drop(registry);
         if undecodable > 0 {
@@ -236,6 +271,15 @@ impl Handler for Validator {
             quarantined = quarantine.event_id.len(),
             "batch validated"
         );
+        // Counted when the hand-off's writes succeeded; a hand-off that still rolls back after
+        // this (lease lost, commit failed) is redone and counted again: rare, and event_errors
+        // holds the exact numbers.
+        let events = rows.iter().map(|row| row.body.events.len()).sum();
+        self.metrics.stage().observe_events(VALIDATE_STAGE, events);
+        for ((reason, event_type), count) in errors {
+            self.metrics.validation().quarantined(reason, event_type, count);
+        }
+        drop(spans);
         Ok(())
     }
 }

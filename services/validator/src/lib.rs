@@ -15,6 +15,7 @@ pub mod rules;
 use std::sync::Arc;
 
 use eye_service::{Settings, settings::ConsumerSettings};
+use eye_telemetry::metrics::{Metrics, MetricsServer, OUTBOX_SAMPLE_INTERVAL};
 use flush_event::{Outbox, OutboxConfig, Waker};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 pub const VALIDATE_STAGE: &str = "validate";
 /// The outbox stage the validator hands valid events to.
 pub const WRITE_STAGE: &str = "write";
+/// The stages whose depth, lag and dead letters the validator and the writer report, even when
+/// empty.
+pub const STAGES: &[&str] = &[VALIDATE_STAGE, WRITE_STAGE];
 
 /// Outbox settings from a consumer section.
 pub fn outbox_config(consumer: &ConsumerSettings) -> OutboxConfig {
@@ -40,36 +44,52 @@ pub fn outbox_config(consumer: &ConsumerSettings) -> OutboxConfig {
 pub struct Application {
     pool: sqlx::PgPool,
     settings: Settings,
+    metrics: Metrics,
+    metrics_server: Option<MetricsServer>,
 }
 
 impl Application {
+    /// Connects (lazily) to the database and binds the metrics port.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
+        let server = MetricsServer::bind(&settings.metrics, metrics.clone()).await?;
+        let mut app = Self::build_with_metrics(settings, metrics).await?;
+        app.metrics_server = Some(server);
+        Ok(app)
+    }
+
+    /// [`build`](Self::build), recording into `metrics` and serving no `/metrics` of its own:
+    /// for several services in one process (`eye dev`), whose caller serves `metrics`.
+    pub async fn build_with_metrics(settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
         let pool = eye_service::database::pool(&settings.database)?;
-        Ok(Self { pool, settings })
+        metrics.watch_pool(&pool);
+        Ok(Self { pool, settings, metrics, metrics_server: None })
+    }
+
+    /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_server.as_ref().map(MetricsServer::port)
     }
 
     /// Runs `validator.consumer.concurrency` claim loops until `shutdown`; each finishes the batch
     /// in hand before returning.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let metrics_server = self.metrics_server.map(MetricsServer::spawn);
+        self.metrics.sample_outbox(
+            self.pool.clone(),
+            STAGES,
+            OUTBOX_SAMPLE_INTERVAL,
+            shutdown.clone(),
+        );
         let consumer = &self.settings.validator.consumer;
         let outbox = Outbox::new(self.pool.clone(), VALIDATE_STAGE, outbox_config(consumer));
         let waker = Waker::listen(&self.pool, shutdown.clone()).await?;
-        let handler = Arc::new(handler::Validator::new(&self.settings.validator));
-        let loops: Vec<_> = (0..consumer.concurrency)
-            .map(|_| {
-                tokio::spawn(flush_event::run_worker(
-                    outbox.clone(),
-                    handler.clone(),
-                    waker.clone(),
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
-        tracing::info!(loops = loops.len(), "eye-validator running");
-        for handle in loops {
-            handle.await?;
+        let handler =
+            Arc::new(handler::Validator::new(&self.settings.validator, self.metrics.clone()));
+        flush_event::run_workers(outbox, handler, waker, consumer.concurrency, shutdown).await;
+        if let Some(server) = metrics_server {
+            server.stop().await;
         }
-        tracing::info!("eye-validator drained");
         Ok(())
     }
 }

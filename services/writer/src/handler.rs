@@ -2,10 +2,14 @@
 
 use event_model::batch;
 use eye_proto::v1::EventBatch;
-use flush_event::{Claimed, Handler};
+use eye_telemetry::{metrics::Metrics, propagation};
+use flush_event::{BatchReport, Claimed, Handler};
 use sqlx::{PgConnection, PgPool};
 
-use crate::store::{self, Partitions, Rows};
+use crate::{
+    WRITE_STAGE,
+    store::{self, Partitions, Rows},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -18,11 +22,12 @@ pub enum WriterError {
 pub struct Writer {
     pool: PgPool,
     partitions: Partitions,
+    metrics: Metrics,
 }
 
 impl Writer {
-    pub fn new(pool: PgPool, partitions: Partitions) -> Self {
-        Self { pool, partitions }
+    pub fn new(pool: PgPool, partitions: Partitions, metrics: Metrics) -> Self {
+        Self { pool, partitions, metrics }
     }
 }
 
@@ -34,18 +39,37 @@ impl Handler for Writer {
         batch::split(body)
     }
 
+    fn observe(&self, batch: &BatchReport<'_>) {
+        self.metrics.stage().observe_batch(batch);
+    }
+
     async fn handle(
         &self,
         conn: &mut PgConnection,
         rows: &[Claimed<EventBatch>],
     ) -> Result<(), WriterError> {
         let mut events = Vec::with_capacity(rows.iter().map(|r| r.body.events.len()).sum());
+        // One span per row, in the trace of the request that made it (the validator's
+        // `traceparent`), kept open until the batch is written.
+        let mut spans = Vec::with_capacity(rows.len());
         for row in rows {
+            let span = tracing::info_span!(
+                "write",
+                otel.kind = "consumer",
+                row = row.id,
+                attempts = row.attempts,
+                events = row.body.events.len(),
+            );
+            propagation::set_parent(&span, &row.headers);
+            propagation::link_to_span(&span, &tracing::Span::current());
+            let entered = span.enter();
             let (app, received_at) = batch::decode_header(&row.body)?;
             for event in row.body.events.iter().cloned() {
                 let (event, version) = batch::decode_event(event)?;
                 events.push((app, received_at, event, version));
             }
+            drop(entered);
+            spans.push(span);
         }
         events.sort_unstable_by_key(|(app, _, event, _)| (*app, event.event_id));
         self.partitions.ensure(&self.pool, events.iter().map(|(_, _, e, _)| e.occurred_at)).await?;
@@ -64,6 +88,8 @@ impl Handler for Writer {
         }
         let stored = store::insert(conn, &columns).await?;
         tracing::debug!(rows = rows.len(), events = columns.len(), stored, "batch written");
+        self.metrics.stage().observe_events(WRITE_STAGE, columns.len());
+        drop(spans);
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 mod backpressure;
 mod concurrency;
 mod limits;
+mod metrics;
 mod poison;
 mod query;
 mod tls;

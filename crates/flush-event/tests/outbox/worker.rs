@@ -235,3 +235,46 @@ async fn shutdown_finishes_the_batch_in_hand_first() -> anyhow::Result<()> {
     assert_eq!(scalar(pool, "SELECT count(*) FROM outbox").await, 0, "batch acked");
     Ok(())
 }
+
+/// A [`Recorder`] that keeps what the worker reports of each batch.
+#[derive(Default)]
+struct Observed {
+    reports: std::sync::Mutex<Vec<(String, usize, usize, usize)>>,
+}
+
+impl Handler for Observed {
+    type Message = Job;
+    type Error = String;
+
+    async fn handle(&self, conn: &mut PgConnection, rows: &[Claimed<Job>]) -> Result<(), String> {
+        Recorder.handle(conn, rows).await
+    }
+
+    fn observe(&self, batch: &flush_event::BatchReport<'_>) {
+        let report = (batch.stage.to_owned(), batch.rows, batch.failed, batch.lease_lost);
+        self.reports.lock().unwrap().push(report);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_claimed_batch_is_reported_with_its_failures() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let mut all = jobs(0..5);
+    all[3].poison = true;
+    enqueue(pool, "s", &all).await?;
+    let handler = Arc::new(Observed::default());
+    let workers = Workers::start(pool, config(), handler.clone(), 1).await?;
+
+    // One batch of 5: it fails, its rows are handed off alone, the poison one fails alone (and
+    // waits for a retry far beyond this test).
+    let reports = wait_for(pool, PROMPTLY, "a batch report", || async {
+        let reports = handler.reports.lock().unwrap().clone();
+        (!reports.is_empty()).then_some(reports)
+    })
+    .await;
+    workers.stop().await;
+    assert_eq!(reports, [("s".to_owned(), 5, 1, 0)]);
+    assert_eq!(handled(pool).await, [0, 1, 2, 4]);
+    Ok(())
+}

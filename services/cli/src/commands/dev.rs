@@ -4,14 +4,15 @@
 //!    or reused if already running; it keeps running after `eye dev` exits, so the next start is
 //!    instant and `eye apps` / `eye schemas` in another terminal find it).
 //! 2. Migrations, then the example schemas of `schemas/` (unchanged ones are no-ops).
-//! 3. Ingest (binding its port first, so a busy port fails before anything is issued), the
-//!    validator and the writer, built from the same settings.
+//! 3. Ingest and query (binding their ports first, so a busy port fails before anything is
+//!    issued), the validator and the writer, built from the same settings.
 //! 4. A fresh API key for the application `dev` (ingest + read): keys are shown once, so every
 //!    run issues one. It is printed last, alone on its line.
 //! 5. Everything runs until SIGINT/SIGTERM, then drains; a service failing stops the others.
 
 use anyhow::Context;
 use eye_service::{Settings, auth::Role};
+use eye_telemetry::metrics::{Metrics, MetricsServer};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -29,16 +30,39 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     migrate::migrate(&pool).await?;
     let registered = schemas::register_examples(&pool).await?;
 
-    let ingest = eye_ingest::Application::build(settings.clone()).await.with_context(|| {
-        format!(
-            "cannot start ingest on {}:{} (another `eye dev` or eye-ingest running? \
-             EYE__INGEST__PORT=0 picks a free port)",
-            settings.ingest.host, settings.ingest.port
-        )
-    })?;
+    // One process, one `/metrics` for all the services.
+    let metrics = Metrics::new();
+    let metrics_server =
+        MetricsServer::bind(&settings.metrics, metrics.clone()).await.with_context(|| {
+            format!(
+                "cannot serve metrics on {}:{} (EYE__METRICS__PORT=0 picks a free port)",
+                settings.metrics.host, settings.metrics.port
+            )
+        })?;
+    let metrics_port = metrics_server.port();
+    let ingest = eye_ingest::Application::build_with_metrics(settings.clone(), metrics.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start ingest on {}:{} (another `eye dev` or eye-ingest running? \
+                 EYE__INGEST__PORT=0 picks a free port)",
+                settings.ingest.host, settings.ingest.port
+            )
+        })?;
     let port = ingest.port();
-    let validator = eye_validator::Application::build(settings.clone()).await?;
-    let writer = eye_writer::Application::build(settings.clone()).await?;
+    let query = eye_query::Application::build_with_metrics(settings.clone(), metrics.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot start the query server on {}:{} (another `eye dev` or eye-query running? \
+                 EYE__QUERY__PORT=0 picks a free port)",
+                settings.query.host, settings.query.port
+            )
+        })?;
+    let query_port = query.port();
+    let validator =
+        eye_validator::Application::build_with_metrics(settings.clone(), metrics.clone()).await?;
+    let writer = eye_writer::Application::build_with_metrics(settings.clone(), metrics).await?;
     if shutdown.is_cancelled() {
         // Stopped while starting: issue no key nobody will see.
         return Ok(());
@@ -49,22 +73,29 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     pool.close().await;
 
     let endpoint = format!("http://127.0.0.1:{port}");
+    let query_endpoint = format!("http://127.0.0.1:{query_port}");
     let database_url = match &source {
         Source::DevServer { url } => url.as_str(),
         Source::Configured => "(as configured: DATABASE_URL)",
     };
-    let mut banner =
-        String::from("eye dev: ingest, validator and writer are running; Ctrl-C stops them\n");
+    let mut banner = String::from(
+        "eye dev: ingest, validator, writer and query are running; Ctrl-C stops them\n",
+    );
     for (category, name, registration) in registered {
         banner
             .push_str(&format!("  schema: {}\n", schemas::describe(category, name, registration)));
     }
     banner.push_str(&format!(
         "  ingest endpoint: {endpoint}\n\
+         \x20 query endpoint:  {query_endpoint}\n\
+         \x20 metrics:         http://127.0.0.1:{metrics_port}/metrics\n\
          \x20 DATABASE_URL:    {database_url}   (psql \"$DATABASE_URL\" -c 'SELECT count(*) FROM events')\n\
          \x20 send an event:   export EYE_API_KEY=<the key below>\n\
          \x20                  eye send --endpoint {endpoint} --category 'page interaction' \
          --name pageview --data '{{\"host\": \"example.com\", \"path\": \"/\"}}'\n\
+         \x20 read it back:    eye events --query-endpoint {query_endpoint} --from 15m\n\
+         \x20                  eye errors --query-endpoint {query_endpoint}; \
+         eye stats --query-endpoint {query_endpoint}\n\
          \x20 api key of application `{DEV_APPLICATION}` (roles {}), shown only this once:\n\
          {}",
         issued.roles.join(", "),
@@ -76,6 +107,11 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     services.spawn(named("ingest", ingest.run_until_stopped(shutdown.clone())));
     services.spawn(named("validator", validator.run_until_stopped(shutdown.clone())));
     services.spawn(named("writer", writer.run_until_stopped(shutdown.clone())));
+    services.spawn(named("query", query.run_until_stopped(shutdown.clone())));
+    let stop_metrics = shutdown.clone();
+    services.spawn(named("metrics", async move {
+        Ok(metrics_server.run_until_stopped(stop_metrics).await?)
+    }));
     let first_error = supervise(&mut services, &shutdown).await;
     match first_error {
         Some(error) => Err(error),

@@ -3,9 +3,15 @@
 
 pub mod apps;
 pub mod dev;
+pub mod errors;
+pub mod events;
 pub mod migrate;
+pub mod read;
+pub mod replay;
 pub mod schemas;
 pub mod send;
+pub mod session;
+pub mod stats;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 

@@ -6,6 +6,8 @@ use eye_test_support::TestDb;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod query;
+
 /// What one run of `eye` did.
 struct Run {
     status: ExitStatus,
@@ -38,7 +40,7 @@ async fn eye(database_url: &str, args: &[&str]) -> Run {
 async fn eye_with_env(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_eye"));
     command.args(args).env("DATABASE_URL", database_url);
-    for name in ["EYE_CONFIG", "EYE_API_KEY", "EYE_ENDPOINT", "RUST_LOG"] {
+    for name in ["EYE_CONFIG", "EYE_API_KEY", "EYE_ENDPOINT", "EYE_QUERY_ENDPOINT", "RUST_LOG"] {
         command.env_remove(name);
     }
     command.envs(env.iter().copied());

@@ -1,0 +1,592 @@
+//! `eye-query-bench`: the read-path benchmark of The Eye.
+//!
+//! It loads a store of 10 million events spread over three months (several month partitions,
+//! about 500,000 sessions of up to 1,000 events, 20 event types, realistic payloads) into a
+//! database of its own, starts the real query service (`eye_query::Application`, in-process, on a
+//! free port) and measures, through gRPC with a `read` key, one query kind after another:
+//! - `session`: `GetSession` of a random session, every event (pages of 1,000);
+//! - `session_large`: the same for sessions of 500 to 1,000 events, the worst case;
+//! - `category_hour`: `ListEvents` of one category over a random hour, every page;
+//! - `data_contains`: `ListEvents` with `data_contains = {"user_id": ...}` (a user's events, the
+//!   operator's "what did this user do"), every page.
+//!
+//! Each measurement is the whole answer, all pages, as a client sees it. Kinds are interleaved
+//! (one query of each in turn) after a warm-up, so caches favour none of them. It reports p50,
+//! p95 and p99 per kind against the targets, and prints `EXPLAIN (ANALYZE, BUFFERS)` of one query
+//! of each kind: the same SQL the service runs, planned for its actual values as the service
+//! plans it (`plan_cache_mode = force_custom_plan`).
+//!
+//! The database (`eye_query_bench`, on `DATABASE_URL`'s server or a durable private server under
+//! `target/eye-query-bench-pg`) is kept after the run; `--reuse` measures it again without
+//! reloading. See [`load`] for how the events are made and loaded.
+//!
+//! Run `just query-bench`, or `cargo build --release -p eye-query-bench &&
+//! target/release/eye-query-bench --help`.
+
+mod load;
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::Parser;
+use eye_proto::v1::{
+    EventFilter, GetSessionRequest, ListEventsRequest, query_service_client::QueryServiceClient,
+};
+use serde::Serialize;
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use crate::load::{Loaded, Rng, Shape};
+
+#[derive(Debug, Parser)]
+#[command(about = "Read-path latency of The Eye over a large store")]
+struct Args {
+    /// Events in the store.
+    #[arg(long, default_value_t = 10_000_000)]
+    events: u64,
+    /// Days the events span, ending when they are loaded.
+    #[arg(long, default_value_t = 90)]
+    days: u32,
+    /// Measured queries of each kind.
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+    /// Unmeasured queries of each kind first (caches, connections, prepared statements).
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    /// Reuse the store of an earlier run with the same --events, --days and --seed instead of
+    /// loading a new one (it is loaded if there is none).
+    #[arg(long)]
+    reuse: bool,
+    /// Drop the benchmark database and exit.
+    #[arg(long)]
+    drop: bool,
+    /// Name of the benchmark database.
+    #[arg(long, default_value = "eye_query_bench")]
+    database: String,
+    /// Seed of the generated events and of the query parameters.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Skip the EXPLAIN (ANALYZE, BUFFERS) output.
+    #[arg(long)]
+    no_explain: bool,
+    /// Print only the JSON summary (progress still goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The questions measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    Session,
+    SessionLarge,
+    CategoryHour,
+    DataContains,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] =
+        [Kind::Session, Kind::SessionLarge, Kind::CategoryHour, Kind::DataContains];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::SessionLarge => "session_large",
+            Self::CategoryHour => "category_hour",
+            Self::DataContains => "data_contains",
+        }
+    }
+
+    /// The p95 target, in milliseconds.
+    fn target_ms(self) -> f64 {
+        match self {
+            Self::Session | Self::SessionLarge | Self::CategoryHour => 50.0,
+            Self::DataContains => 200.0,
+        }
+    }
+}
+
+/// One query, with its parameters.
+#[derive(Debug, Clone)]
+enum Query {
+    Session(Uuid),
+    CategoryHour { category: &'static str, from: DateTime<Utc> },
+    DataContains(String),
+}
+
+/// Most events per page, as the service allows.
+const PAGE_SIZE: i32 = 1_000;
+
+#[derive(Debug, Default, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Percentiles {
+    fn of(mut samples: Vec<f64>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        Self { p50: at(0.50), p95: at(0.95), p99: at(0.99), max: at(1.0) }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct KindReport {
+    kind: Kind,
+    queries: usize,
+    rows_mean: f64,
+    rows_max: usize,
+    pages_max: usize,
+    latency_ms: Percentiles,
+    target_p95_ms: f64,
+    met: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    store: Loaded,
+    reused: bool,
+    partitions: Vec<(String, i64)>,
+    kinds: Vec<KindReport>,
+    plans: Vec<(Kind, String)>,
+    machine: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.queries == 0 {
+        bail!("--queries must be at least 1");
+    }
+    if !args.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("--database must be letters, digits and underscores");
+    }
+    let server = server_url()?;
+    if args.drop {
+        drop_database(&server, &args.database).await?;
+        eprintln!("dropped {}", args.database);
+        return Ok(());
+    }
+    let url = database_url(&server, &args.database);
+    let shape = Shape { events: args.events, days: args.days, seed: args.seed };
+    let (store, reused) = prepare(&args, &server, &url, shape).await?;
+
+    let mut conn = load::connect(&url).await?;
+    let partitions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT c.relname::text, c.reltuples::bigint FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass ORDER BY 1",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let key = read_key(&mut conn).await?;
+    let plan = plan_queries(&mut conn, &args, &store).await?;
+
+    // The real query service, in-process, on a free port.
+    let mut settings = eye_service::Settings::default();
+    settings.database.url = Some(url.clone().into());
+    settings.query.host = "127.0.0.1".into();
+    settings.query.port = 0;
+    let app = eye_query::Application::build(settings).await?;
+    let endpoint = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = CancellationToken::new();
+    let server_task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let channel = Channel::from_shared(endpoint)?.connect().await?;
+    let client = QueryServiceClient::new(channel);
+
+    eprintln!(
+        "measuring {} queries of each kind after {} warm-up queries",
+        args.queries, args.warmup
+    );
+    let mut samples: Vec<Vec<(f64, usize, usize)>> = vec![Vec::new(); Kind::ALL.len()];
+    for round in 0..args.warmup + args.queries {
+        for (k, queries) in plan.iter().enumerate() {
+            let query = &queries[round % queries.len()];
+            let started = Instant::now();
+            let (rows, pages) = run_query(&client, &key, query).await?;
+            let elapsed = started.elapsed().as_secs_f64() * 1_000.0;
+            if round >= args.warmup {
+                samples[k].push((elapsed, rows, pages));
+            }
+        }
+    }
+    shutdown.cancel();
+    server_task.await??;
+
+    let kinds: Vec<KindReport> = Kind::ALL
+        .iter()
+        .zip(samples)
+        .map(|(kind, samples)| {
+            let rows: Vec<usize> = samples.iter().map(|s| s.1).collect();
+            let latency_ms = Percentiles::of(samples.iter().map(|s| s.0).collect());
+            KindReport {
+                kind: *kind,
+                queries: samples.len(),
+                rows_mean: rows.iter().sum::<usize>() as f64 / rows.len().max(1) as f64,
+                rows_max: rows.iter().copied().max().unwrap_or(0),
+                pages_max: samples.iter().map(|s| s.2).max().unwrap_or(0),
+                met: latency_ms.p95 <= kind.target_ms(),
+                latency_ms,
+                target_p95_ms: kind.target_ms(),
+            }
+        })
+        .collect();
+
+    let mut plans = Vec::new();
+    if !args.no_explain {
+        sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut conn).await?;
+        for (kind, queries) in Kind::ALL.iter().zip(&plan) {
+            plans.push((*kind, explain(&mut conn, &queries[0]).await?));
+        }
+    }
+    let report = Report { store, reused, partitions, kinds, plans, machine: machine() };
+    print_report(&report, args.json)?;
+    Ok(())
+}
+
+/// The store to measure: the one loaded before (`--reuse`), or a new one.
+async fn prepare(
+    args: &Args,
+    server: &str,
+    url: &str,
+    shape: Shape,
+) -> anyhow::Result<(Loaded, bool)> {
+    if args.reuse && database_exists(server, &args.database).await? {
+        let mut conn = load::connect(url).await?;
+        // A migration added since the load applies to the loaded store, as in production.
+        eye_service::database::MIGRATOR.run(&mut conn).await?;
+        if let Some(loaded) = load::existing(&mut conn, shape).await? {
+            eprintln!(
+                "reusing {} ({} events, loaded in {:.0} s)",
+                args.database, loaded.events, loaded.load_seconds
+            );
+            return Ok((loaded, true));
+        }
+        eprintln!("{} holds no complete store of this shape; loading one", args.database);
+    }
+    drop_database(server, &args.database).await?;
+    let mut admin = load::connect(server).await?;
+    sqlx::query(&format!(r#"CREATE DATABASE "{}""#, args.database)).execute(&mut admin).await?;
+    let mut conn = load::connect(url).await?;
+    eye_service::database::MIGRATOR.run(&mut conn).await?;
+    let loaded = load::load(&mut conn, shape).await?;
+    Ok((loaded, false))
+}
+
+/// A fresh key with the `read` role for the application `bench-reader`.
+async fn read_key(conn: &mut PgConnection) -> anyhow::Result<String> {
+    let app: Uuid = sqlx::query_scalar(
+        "INSERT INTO applications (id, name) VALUES ($1, 'bench-reader') \
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .fetch_one(&mut *conn)
+    .await?;
+    let (key, hash) = eye_service::auth::generate_key();
+    sqlx::query(
+        "INSERT INTO api_keys (id, application_id, key_hash, roles) VALUES ($1, $2, $3, '{read}')",
+    )
+    .bind(Uuid::now_v7())
+    .bind(app)
+    .bind(&hash[..])
+    .execute(conn)
+    .await?;
+    Ok(key)
+}
+
+/// The parameters of every query, per kind in [`Kind::ALL`] order, drawn from the store.
+async fn plan_queries(
+    conn: &mut PgConnection,
+    args: &Args,
+    store: &Loaded,
+) -> anyhow::Result<Vec<Vec<Query>>> {
+    let n = (args.queries + args.warmup) as i64;
+    let mut rng = Rng::new(args.seed ^ 0x0071_7565_7279);
+    // Postgres' random(), seeded, so that reruns ask the same questions.
+    sqlx::query("SELECT setseed($1)")
+        .bind((args.seed % 1_000) as f64 / 1_000.0)
+        .execute(&mut *conn)
+        .await?;
+    let sessions: Vec<Uuid> =
+        sqlx::query_scalar("SELECT session_id FROM sessions ORDER BY random() LIMIT $1")
+            .bind(n)
+            .fetch_all(&mut *conn)
+            .await?;
+    let large: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT session_id FROM sessions WHERE event_count BETWEEN 500 AND 1000 \
+         ORDER BY random() LIMIT $1",
+    )
+    .bind(n)
+    .fetch_all(&mut *conn)
+    .await?;
+    // Users of random events: the user an operator looks up is usually one that is active.
+    let users: Vec<String> = sqlx::query_scalar(
+        "SELECT data->>'user_id' FROM events TABLESAMPLE SYSTEM (0.05) REPEATABLE (7) \
+         ORDER BY random() LIMIT $1",
+    )
+    .bind(n)
+    .fetch_all(&mut *conn)
+    .await?;
+    if sessions.is_empty() || large.is_empty() || users.is_empty() {
+        bail!("the store is too small to draw queries from (no sessions of 500+ events?)");
+    }
+    let categories = load::categories();
+    let span = (store.window_end - store.window_start).num_seconds() - 3_600;
+    let hours = (0..n)
+        .map(|_| Query::CategoryHour {
+            category: categories[rng.below(categories.len() as u64) as usize],
+            from: store.window_start + chrono::Duration::seconds(rng.below(span as u64) as i64),
+        })
+        .collect();
+    Ok(vec![
+        sessions.into_iter().map(Query::Session).collect(),
+        large.into_iter().map(Query::Session).collect(),
+        hours,
+        users
+            .into_iter()
+            .map(|user| Query::DataContains(serde_json::json!({ "user_id": user }).to_string()))
+            .collect(),
+    ])
+}
+
+fn authorized<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
+    request
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+/// Runs `query` to its last page; returns (events, pages).
+async fn run_query(
+    client: &QueryServiceClient<Channel>,
+    key: &str,
+    query: &Query,
+) -> anyhow::Result<(usize, usize)> {
+    let mut client = client.clone();
+    let (mut rows, mut pages) = (0, 0);
+    let mut page_token = String::new();
+    loop {
+        let next = match query {
+            Query::Session(id) => {
+                let request = GetSessionRequest {
+                    session_id: id.to_string(),
+                    page_size: PAGE_SIZE,
+                    page_token,
+                };
+                let page = client.get_session(authorized(request, key)).await?.into_inner();
+                rows += page.events.len();
+                page.next_page_token
+            }
+            Query::CategoryHour { .. } | Query::DataContains(_) => {
+                let request = ListEventsRequest {
+                    filter: Some(filter(query)),
+                    page_size: PAGE_SIZE,
+                    page_token,
+                };
+                let page = client.list_events(authorized(request, key)).await?.into_inner();
+                rows += page.events.len();
+                page.next_page_token
+            }
+        };
+        pages += 1;
+        if next.is_empty() {
+            return Ok((rows, pages));
+        }
+        page_token = next;
+    }
+}
+
+fn filter(query: &Query) -> EventFilter {
+    match query {
+        Query::Session(id) => EventFilter { session_id: id.to_string(), ..EventFilter::default() },
+        Query::CategoryHour { category, from } => EventFilter {
+            category: (*category).to_owned(),
+            from: Some(timestamp(*from)),
+            to: Some(timestamp(*from + chrono::Duration::hours(1))),
+            ..EventFilter::default()
+        },
+        Query::DataContains(json) => {
+            EventFilter { data_contains: json.clone(), ..EventFilter::default() }
+        }
+    }
+}
+
+/// The columns `eye_query::queries::list_events` selects.
+const COLUMNS: &str = "SELECT application_id, event_id, session_id, category, name, \
+                       data::text AS data, occurred_at, received_at, stored_at, schema_version \
+                       FROM events WHERE true";
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the first page of `query`, in the SQL the service builds for
+/// it (`eye_query::queries::list_events`, first page, `LIMIT page_size + 1`).
+async fn explain(conn: &mut PgConnection, query: &Query) -> anyhow::Result<String> {
+    let limit = i64::from(PAGE_SIZE) + 1;
+    let order = " ORDER BY occurred_at, event_id LIMIT $";
+    let prefix = "EXPLAIN (ANALYZE, BUFFERS) ";
+    let lines: Vec<String> = match query {
+        Query::Session(id) => {
+            let sql = format!("{prefix}{COLUMNS} AND session_id = $1{order}2");
+            sqlx::query_scalar(&sql).bind(id).bind(limit).fetch_all(&mut *conn).await?
+        }
+        Query::CategoryHour { category, from } => {
+            let sql = format!(
+                "{prefix}{COLUMNS} AND category = $1 AND occurred_at >= $2 AND occurred_at < $3{order}4"
+            );
+            sqlx::query_scalar(&sql)
+                .bind(*category)
+                .bind(*from)
+                .bind(*from + chrono::Duration::hours(1))
+                .bind(limit)
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        Query::DataContains(json) => {
+            let sql = format!("{prefix}{COLUMNS} AND data @> $1::jsonb{order}2");
+            let json: serde_json::Value = serde_json::from_str(json)?;
+            sqlx::query_scalar(&sql).bind(json).bind(limit).fetch_all(&mut *conn).await?
+        }
+    };
+    let parameters = match query {
+        Query::Session(id) => format!("session_id = {id}"),
+        Query::CategoryHour { category, from } => {
+            format!("category = {category:?}, from {}", from.to_rfc3339())
+        }
+        Query::DataContains(json) => format!("data @> {json}"),
+    };
+    Ok(format!("-- {parameters}\n{}", lines.join("\n")))
+}
+
+/// `DATABASE_URL`, or a durable private server under `target/eye-query-bench-pg`.
+fn server_url() -> anyhow::Result<String> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return Ok(url);
+    }
+    let cwd = std::env::current_dir()?;
+    let options = local_postgres::Options {
+        base_dir: cwd.join("target").join("eye-query-bench-pg"),
+        fallback_key: format!("{}#query-bench", cwd.display()),
+        durable: true,
+    };
+    Ok(local_postgres::LocalPostgres::ensure(&options)?.url().to_owned())
+}
+
+/// `server` with its database replaced by `database` (query parameters kept).
+fn database_url(server: &str, database: &str) -> String {
+    let (base, query) = match server.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (server, String::new()),
+    };
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority..].find('/') {
+        Some(slash) => &base[..authority + slash],
+        None => base,
+    };
+    format!("{base}/{database}{query}")
+}
+
+async fn database_exists(server: &str, name: &str) -> anyhow::Result<bool> {
+    let mut admin = load::connect(server).await?;
+    Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut admin)
+        .await?)
+}
+
+async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
+    let mut admin = PgConnection::connect(server)
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
+        .execute(&mut admin)
+        .await?;
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown cpu".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+fn print_report(report: &Report, json_only: bool) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(report)?);
+    if json_only {
+        return Ok(());
+    }
+    let store = &report.store;
+    eprintln!();
+    eprintln!(
+        "store               {} events, {} sessions, {} users, {} days ({} to {}), {:.1} GB",
+        store.events,
+        store.sessions,
+        store.users,
+        store.days,
+        store.window_start.format("%Y-%m-%d"),
+        store.window_end.format("%Y-%m-%d"),
+        store.total_bytes as f64 / 1e9
+    );
+    eprintln!(
+        "load                {:.0} s (COPY {:.0} s, {:.0} rows/s; indexes {:.0} s){}",
+        store.load_seconds,
+        store.copy_seconds,
+        store.events as f64 / store.copy_seconds,
+        store.index_seconds,
+        if report.reused { "; reused" } else { "" }
+    );
+    let partitions: Vec<String> =
+        report.partitions.iter().map(|(name, rows)| format!("{name} ({rows})")).collect();
+    eprintln!("partitions          {}", partitions.join(", "));
+    eprintln!();
+    eprintln!(
+        "{:<15} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "kind",
+        "queries",
+        "rows mean",
+        "rows max",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "max ms",
+        "target p95"
+    );
+    for kind in &report.kinds {
+        let l = &kind.latency_ms;
+        eprintln!(
+            "{:<15} {:>7} {:>10.1} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>7.0} {}",
+            kind.kind.label(),
+            kind.queries,
+            kind.rows_mean,
+            kind.rows_max,
+            l.p50,
+            l.p95,
+            l.p99,
+            l.max,
+            kind.target_p95_ms,
+            if kind.met { "ok" } else { "MISSED" }
+        );
+    }
+    eprintln!("machine             {}", report.machine);
+    for (kind, plan) in &report.plans {
+        eprintln!();
+        eprintln!("== {} ==", kind.label());
+        eprintln!("{plan}");
+    }
+    Ok(())
+}
