@@ -34,5 +34,12 @@ query-bench *ARGS:
     cargo build --release -p eye-query-bench
     target/release/eye-query-bench {{ARGS}}
 
+# The crash suite: real binaries, seeded faults (kill -9, SIGSTOP past the lease, Postgres
+# restarts, terminated backends, poison rows), then nothing lost and nothing twice, checked in
+# SQL. Pass options after, e.g. `just chaos --seed 7 --duration 120` (see `--help`).
+chaos *ARGS:
+    cargo build --release --bins
+    target/release/eye-chaos {{ARGS}}
+
 # What CI checks.
 verify: lint test

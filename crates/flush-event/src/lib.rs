@@ -43,6 +43,19 @@ pub type Headers = BTreeMap<String, String>;
 /// The NOTIFY channel; the payload is the stage that received rows.
 pub const CHANNEL: &str = "flush_event";
 
+/// Whether a database error is transient: the connection or the server failed (SQLSTATE classes
+/// 08 and 57P, pool timeouts, I/O), or the transaction lost a deadlock or serialization conflict
+/// (40P01, 40001). Retrying the same work later can succeed; the rows are not to blame.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
+        }),
+        _ => false,
+    }
+}
+
 /// What can go wrong in the outbox itself.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -248,6 +248,27 @@ impl Outbox {
         Ok(true)
     }
 
+    /// Gives claimed rows back after a transient failure without charging them the attempt:
+    /// visible again after the first backoff step, attempt count restored. Rows whose lease was
+    /// lost are left alone.
+    pub async fn release<M>(&self, rows: &[Claimed<M>]) -> Result<(), Error> {
+        let ids: Vec<i64> = rows.iter().map(|row| row.id).collect();
+        let fences: Vec<i64> = rows.iter().map(|row| row.fence).collect();
+        let delay = self.config.backoff(1, &mut rand::rng());
+        sqlx::query(
+            "UPDATE outbox o SET attempts = greatest(o.attempts - 1, 0), \
+                 visible_at = now() + $3 * interval '1 millisecond' \
+             FROM UNNEST($1::bigint[], $2::bigint[]) AS r(id, fence) \
+             WHERE o.id = r.id AND o.fence = r.fence",
+        )
+        .bind(&ids)
+        .bind(&fences)
+        .bind(delay.as_millis() as f64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Moves a claimed row to `outbox_dead_letters` with `error`; false if the lease was lost.
     pub async fn dead_letter(&self, id: i64, fence: i64, error: &str) -> Result<bool, Error> {
         let moved = sqlx::query(

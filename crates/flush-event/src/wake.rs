@@ -19,13 +19,27 @@ pub struct Waker {
 }
 
 impl Waker {
-    /// Starts the LISTEN task; it ends when `shutdown` is cancelled.
-    pub async fn listen(pool: &PgPool, shutdown: CancellationToken) -> Result<Self, Error> {
+    /// Starts the LISTEN task; it ends when `shutdown` is cancelled. It never fails: while the
+    /// database is unreachable it keeps trying to connect (consumers poll meanwhile), so a consumer
+    /// can start during an outage instead of crash-looping.
+    pub fn listen(pool: &PgPool, shutdown: CancellationToken) -> Self {
         let waker = Self::default();
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(CHANNEL).await?;
-        let task_waker = waker.clone();
+        let (pool, task_waker) = (pool.clone(), waker.clone());
         tokio::spawn(async move {
+            let mut listener = loop {
+                match connect(&pool).await {
+                    Ok(listener) => break listener,
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox listener cannot connect; retrying");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            };
+            // Rows may have arrived while we were not listening.
+            task_waker.wake_all();
             loop {
                 let notification = tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -45,7 +59,7 @@ impl Waker {
                 }
             }
         });
-        Ok(waker)
+        waker
     }
 
     /// A receiver that changes whenever `stage` is woken.
@@ -72,4 +86,10 @@ impl Waker {
             .or_insert_with(|| watch::channel(0).0)
             .clone()
     }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
 }

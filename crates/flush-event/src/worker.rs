@@ -45,6 +45,14 @@ pub trait Handler: Send + Sync + 'static {
     /// Called once per claimed batch after it was processed, committed or not: a hook for
     /// metrics. The default does nothing.
     fn observe(&self, _batch: &BatchReport<'_>) {}
+
+    /// Whether `error` is the infrastructure's fault (a lost connection, a restarting database, a
+    /// deadlock) rather than the rows'. Rows whose hand-off failed transiently are neither split
+    /// nor charged an attempt: they are released to be claimed again shortly. The default says
+    /// no; handlers whose errors wrap `sqlx::Error` should ask [`is_transient`](crate::is_transient).
+    fn is_transient(&self, _error: &Self::Error) -> bool {
+        false
+    }
 }
 
 /// What became of one claimed batch, for [`Handler::observe`].
@@ -73,6 +81,16 @@ struct Unfinished {
 enum Failure<E> {
     Handler(E),
     Outbox(Error),
+}
+
+impl<E> Failure<E> {
+    fn is_transient<H: Handler<Error = E>>(&self, handler: &H) -> bool {
+        match self {
+            Self::Handler(error) => handler.is_transient(error),
+            Self::Outbox(Error::Database(error)) => crate::is_transient(error),
+            Self::Outbox(Error::LeaseLost { .. }) => false,
+        }
+    }
 }
 
 impl<E: std::fmt::Display> std::fmt::Display for Failure<E> {
@@ -184,6 +202,14 @@ async fn process<H: Handler>(
                 "lease lost; hand-off rolled back"
             );
             return Unfinished { failed: 0, lease_lost: rows.len() };
+        }
+        Err(error) if error.is_transient(handler) => {
+            tracing::warn!(stage = outbox.stage(), batch = rows.len(), %error, "transient failure; rows released");
+            if let Err(release_error) = outbox.release(&rows).await {
+                // Their lease will expire and bring them back.
+                tracing::warn!(stage = outbox.stage(), error = %release_error, "could not release rows");
+            }
+            return Unfinished { failed: rows.len(), lease_lost: 0 };
         }
         Err(error) => error,
     };

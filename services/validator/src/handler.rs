@@ -187,6 +187,16 @@ impl Handler for Validator {
         batch::split(body)
     }
 
+    fn is_transient(&self, error: &ValidatorError) -> bool {
+        match error {
+            ValidatorError::Database(error) => flush_event::is_transient(error),
+            ValidatorError::Outbox(flush_event::Error::Database(error)) => {
+                flush_event::is_transient(error)
+            }
+            _ => false,
+        }
+    }
+
     fn observe(&self, batch: &BatchReport<'_>) {
         self.metrics.stage().observe_batch(batch);
     }

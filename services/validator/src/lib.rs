@@ -83,7 +83,7 @@ impl Application {
         );
         let consumer = &self.settings.validator.consumer;
         let outbox = Outbox::new(self.pool.clone(), VALIDATE_STAGE, outbox_config(consumer));
-        let waker = Waker::listen(&self.pool, shutdown.clone()).await?;
+        let waker = Waker::listen(&self.pool, shutdown.clone());
         let handler =
             Arc::new(handler::Validator::new(&self.settings.validator, self.metrics.clone()));
         flush_event::run_workers(outbox, handler, waker, consumer.concurrency, shutdown).await;

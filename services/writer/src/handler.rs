@@ -39,6 +39,13 @@ impl Handler for Writer {
         batch::split(body)
     }
 
+    fn is_transient(&self, error: &WriterError) -> bool {
+        match error {
+            WriterError::Database(error) => flush_event::is_transient(error),
+            _ => false,
+        }
+    }
+
     fn observe(&self, batch: &BatchReport<'_>) {
         self.metrics.stage().observe_batch(batch);
     }

@@ -67,10 +67,19 @@ impl Application {
         );
         let consumer = &self.settings.writer.consumer;
         let partitions = store::Partitions::default();
-        partitions.ensure_ahead(&self.pool, 2).await?;
+        // Retried until it works: a writer started during a database outage waits instead of
+        // crash-looping.
+        let mut pause = std::time::Duration::from_millis(100);
+        while let Err(error) = partitions.ensure_ahead(&self.pool, 2).await {
+            tracing::warn!(%error, "cannot create partitions ahead of need; retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(pause) => pause = (pause * 2).min(std::time::Duration::from_secs(5)),
+            }
+        }
         let outbox =
             Outbox::new(self.pool.clone(), WRITE_STAGE, eye_validator::outbox_config(consumer));
-        let waker = Waker::listen(&self.pool, shutdown.clone()).await?;
+        let waker = Waker::listen(&self.pool, shutdown.clone());
         let handler =
             Arc::new(handler::Writer::new(self.pool.clone(), partitions, self.metrics.clone()));
         flush_event::run_workers(outbox, handler, waker, consumer.concurrency, shutdown).await;

@@ -76,3 +76,23 @@ async fn an_unreachable_database_is_answered_unavailable_at_once() {
     }
     ingest.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validator_and_writer_start_during_a_database_outage() {
+    let db = TestDb::new().await;
+    let mut settings = Pipeline::settings(&db);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    settings.database.url = Some(format!("postgres://postgres@127.0.0.1:{closed}/postgres").into());
+    settings.database.acquire_timeout_ms = 200;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let validator = eye_validator::Application::build(settings.clone()).await.unwrap();
+    let writer = eye_writer::Application::build(settings).await.unwrap();
+    let validator = tokio::spawn(validator.run_until_stopped(shutdown.clone()));
+    let writer = tokio::spawn(writer.run_until_stopped(shutdown.clone()));
+    // They wait for the database instead of exiting; stopping them is a clean exit.
+    shutdown.cancel();
+    for service in [validator, writer] {
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(20), service).await;
+        stopped.expect("stops when asked").unwrap().expect("no error for an unreachable database");
+    }
+}

@@ -73,7 +73,7 @@ impl Workers {
     ) -> anyhow::Result<Self> {
         sqlx::query("CREATE TABLE IF NOT EXISTS handled (n bigint NOT NULL)").execute(pool).await?;
         let shutdown = CancellationToken::new();
-        let waker = Waker::listen(pool, shutdown.clone()).await?;
+        let waker = Waker::listen(pool, shutdown.clone());
         let outbox = Outbox::new(pool.clone(), "s", config);
         let handles = (0..count)
             .map(|_| {
@@ -276,5 +276,48 @@ async fn every_claimed_batch_is_reported_with_its_failures() -> anyhow::Result<(
     workers.stop().await;
     assert_eq!(reports, [("s".to_owned(), 5, 1, 0)]);
     assert_eq!(handled(pool).await, [0, 1, 2, 4]);
+    Ok(())
+}
+
+/// Fails its first `failures` hand-offs with a transient error (a lost connection), then works.
+struct Flaky {
+    failures: std::sync::atomic::AtomicUsize,
+}
+
+impl Handler for Flaky {
+    type Message = Job;
+    type Error = String;
+
+    async fn handle(&self, conn: &mut PgConnection, rows: &[Claimed<Job>]) -> Result<(), String> {
+        let left = self.failures.load(std::sync::atomic::Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+            return Err("connection reset".into());
+        }
+        Recorder.handle(conn, rows).await
+    }
+
+    fn is_transient(&self, error: &String) -> bool {
+        error == "connection reset"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_neither_split_nor_charge_attempts() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    // One attempt only: a failure charged as an attempt would dead-letter the rows at once.
+    let config = OutboxConfig {
+        max_attempts: 1,
+        backoff_base: Duration::from_millis(10),
+        poll_interval: Duration::from_millis(50),
+        ..config()
+    };
+    enqueue(&db.pool, "s", &jobs(1..=4)).await?;
+    let flaky = Arc::new(Flaky { failures: 3.into() });
+    let workers = Workers::start(&db.pool, config, flaky, 1).await?;
+    wait_handled(&db.pool, PROMPTLY, &[1, 2, 3, 4]).await;
+    workers.stop().await;
+    assert!(dead_rows(&db.pool).await?.is_empty(), "nothing dead-lettered");
+    assert_eq!(scalar(&db.pool, "SELECT count(*) FROM outbox").await, 0);
     Ok(())
 }
