@@ -159,7 +159,7 @@ impl Default for ConsumerSettings {
     fn default() -> Self {
         Self {
             concurrency: 2,
-            batch_size: 32,
+            batch_size: 16,
             lease_ms: 30_000,
             max_attempts: 5,
             backoff_base_ms: 1_000,
