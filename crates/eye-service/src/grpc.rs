@@ -18,16 +18,16 @@ pub enum ServerError {
     Tls(#[from] tonic::transport::Error),
 }
 
-/// Longest a single call may take, body included: a client that sends headers and then stalls
-/// is cut off instead of holding a connection and a task forever.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The server builder every Eye gRPC server starts from: keep-alives, the request timeout, and
-/// TLS when `tls` names a certificate and key.
-pub fn server(tls: &TlsSettings) -> Result<tonic::transport::Server, ServerError> {
+/// The server builder every Eye gRPC server starts from: keep-alives, a per-call timeout
+/// (`request_timeout`: a client that sends headers and stalls is cut off instead of holding a
+/// connection and a task forever), and TLS when `tls` names a certificate and key.
+pub fn server(
+    tls: &TlsSettings,
+    request_timeout: Duration,
+) -> Result<tonic::transport::Server, ServerError> {
     let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .timeout(REQUEST_TIMEOUT);
+        .timeout(request_timeout);
     let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
         return Ok(builder);
     };

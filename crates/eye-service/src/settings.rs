@@ -95,6 +95,9 @@ pub struct IngestSettings {
     pub max_backlog_rows: i64,
     /// How often the backlog is measured.
     pub backlog_check_ms: u64,
+    /// Longest a single call may take, reading its request included: a client that sends headers
+    /// and then stalls is cut off.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for IngestSettings {
@@ -111,6 +114,7 @@ impl Default for IngestSettings {
             auth_cache_ttl_ms: 5_000,
             max_backlog_rows: 100_000,
             backlog_check_ms: 1_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -121,11 +125,13 @@ pub struct QuerySettings {
     pub host: String,
     /// gRPC port; 0 picks a free one.
     pub port: u16,
+    /// Longest a single call may take (see `ingest.request_timeout_ms`).
+    pub request_timeout_ms: u64,
 }
 
 impl Default for QuerySettings {
     fn default() -> Self {
-        Self { host: "0.0.0.0".into(), port: 50052 }
+        Self { host: "0.0.0.0".into(), port: 50052, request_timeout_ms: 30_000 }
     }
 }
 

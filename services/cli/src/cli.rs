@@ -30,6 +30,9 @@ pub enum Command {
     /// Register and list the JSON Schemas of event types.
     #[command(subcommand)]
     Schemas(SchemasCommand),
+    /// List and replay the outbox's dead letters (rows that failed max_attempts times).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Send one event to an ingest server and print its result.
     Send(SendArgs),
     /// List stored events matching a filter, oldest first.
@@ -104,6 +107,32 @@ impl RoleArg {
             Self::Read => Role::Read,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters, newest first: id, stage, attempts, when, and the last error.
+    List {
+        /// Only this outbox stage (`validate`, `write`).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Most rows to show.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Move dead letters back into their stage with a fresh attempt count (after fixing what
+    /// made them fail). Replaying is safe: the store keeps one row per event.
+    Replay {
+        /// Only dead letters of this stage.
+        #[arg(long)]
+        stage: Option<String>,
+        /// These dead letters (repeatable); without ids, every dead letter (of `--stage`).
+        #[arg(long = "id")]
+        ids: Vec<i64>,
+        /// Required to replay every dead letter (when no `--id` is given).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -86,6 +86,10 @@ async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             let pool = database::admin_pool(&settings).await?;
             commands::schemas::run(&pool, command).await
         }
+        Command::Dlq(command) => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::dlq::run(&pool, command).await
+        }
         Command::Send(args) => commands::send::run(args).await,
         Command::Events(args) => commands::events::run(args).await,
         Command::Session(args) => commands::session::run(args).await,

@@ -121,18 +121,19 @@ impl Application {
         ));
         let max_message = settings.ingest.max_batch_bytes.saturating_mul(4);
         let health = grpc::health("eye.v1.IngestService", pool, database, shutdown.clone()).await;
-        let server = grpc::server(&settings.tls)?
-            .add_service(health)
-            .add_service(grpc::reflection())
-            .add_service(
-                IngestServiceServer::new(service)
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(max_message),
-            )
-            .serve_with_incoming_shutdown(
-                grpc::incoming(listener),
-                shutdown.clone().cancelled_owned(),
-            );
+        let server =
+            grpc::server(&settings.tls, Duration::from_millis(settings.ingest.request_timeout_ms))?
+                .add_service(health)
+                .add_service(grpc::reflection())
+                .add_service(
+                    IngestServiceServer::new(service)
+                        .max_decoding_message_size(max_message)
+                        .max_encoding_message_size(max_message),
+                )
+                .serve_with_incoming_shutdown(
+                    grpc::incoming(listener),
+                    shutdown.clone().cancelled_owned(),
+                );
         let served = grpc::drain_within(server, &shutdown, GRACE_PERIOD).await;
         // The server has drained; now let the committer finish what it holds.
         match tokio::time::timeout(GRACE_PERIOD, committer.close()).await {

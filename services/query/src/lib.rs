@@ -73,7 +73,8 @@ impl Application {
             Duration::from_millis(settings.ingest.auth_cache_ttl_ms),
         );
         let service = service::Query::new(pool.clone(), auth);
-        let server = grpc::server(&settings.tls)?;
+        let server =
+            grpc::server(&settings.tls, Duration::from_millis(settings.query.request_timeout_ms))?;
         Ok(Self { listener, server, service, pool, metrics_server: None })
     }
 

@@ -2,6 +2,7 @@
 
 mod backpressure;
 mod concurrency;
+mod hostile;
 mod limits;
 mod metrics;
 mod poison;

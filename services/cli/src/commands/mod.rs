@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod dev;
+pub mod dlq;
 pub mod errors;
 pub mod events;
 pub mod migrate;

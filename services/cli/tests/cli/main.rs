@@ -362,3 +362,34 @@ async fn send_reaches_a_real_ingest_server() {
     shutdown.cancel();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn dlq_lists_and_replays_dead_letters() {
+    let db = TestDb::new().await;
+    let empty = eye(&db.url, &["dlq", "list"]).await.success();
+    assert!(empty.stdout.contains("no dead letters"), "{}", empty.stdout);
+    sqlx::query(
+        "INSERT INTO outbox_dead_letters (id, stage, body, headers, attempts, created_at, last_error) \
+         VALUES (41, 'write', '\\x00', '{}', 5, now(), 'unsupported Unicode escape sequence'), \
+                (42, 'validate', '\\x00', '{}', 5, now(), 'undecodable body')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let listed = eye(&db.url, &["dlq", "list", "--stage", "write"]).await.success();
+    assert!(listed.stdout.contains("41") && listed.stdout.contains("unsupported Unicode"));
+    assert!(!listed.stdout.contains("undecodable"), "filtered by stage: {}", listed.stdout);
+
+    let refused = eye(&db.url, &["dlq", "replay"]).await.failure();
+    assert!(refused.stderr.contains("--all"), "{}", refused.stderr);
+
+    let replayed = eye(&db.url, &["dlq", "replay", "--id", "41"]).await.success();
+    assert!(replayed.stdout.contains("1 dead letter(s) replayed"), "{}", replayed.stdout);
+    let (stage, attempts): (String, i32) =
+        sqlx::query_as("SELECT stage, attempts FROM outbox").fetch_one(&db.pool).await.unwrap();
+    assert_eq!((stage.as_str(), attempts), ("write", 0), "back in its stage, attempts reset");
+    let left: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM outbox_dead_letters").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(left, [42]);
+}
