@@ -70,6 +70,12 @@ async fn batches_over_the_limits_fail_whole_and_bad_events_fail_alone() {
     let mut bad = good();
     bad.data_json = r#"{"a":"\u0000"}"#.into();
     cases.push(("nul_character", bad));
+    let mut bad = good();
+    bad.data_json = format!("{{\"a\":{}1{}}}", "[".repeat(64), "]".repeat(64));
+    cases.push(("payload_too_deep", bad));
+    let mut bad = good();
+    bad.data_json = r#"{"a":1e400}"#.into();
+    cases.push(("number_out_of_range", bad));
     let mut events = vec![good()];
     for (_, bad) in &cases {
         events.push(bad.clone());
