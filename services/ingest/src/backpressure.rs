@@ -46,9 +46,8 @@ impl Backpressure {
     /// Learns from a failed request whether the database is gone.
     pub fn observe(&self, error: &IngestError) {
         match error {
-            IngestError::Storage(error) | IngestError::Auth(AuthError::Unavailable(error)) => {
-                self.database.report(error)
-            }
+            IngestError::Storage(error) => self.database.report(error),
+            IngestError::Auth(AuthError::Unavailable(error)) => self.database.report(error),
             _ => {}
         }
     }

@@ -81,10 +81,7 @@ impl Committer {
         })?;
         match answer.await {
             Ok(Ok(new)) => Ok(new),
-            Ok(Err(error)) => Err(IngestError::Storage(
-                Arc::try_unwrap(error)
-                    .unwrap_or_else(|shared| sqlx::Error::Protocol(shared.to_string())),
-            )),
+            Ok(Err(error)) => Err(IngestError::Storage(error)),
             Err(_) => Err(IngestError::ShuttingDown),
         }
     }

@@ -1,5 +1,7 @@
 //! Ingest's errors, and the one place they become gRPC statuses.
 
+use std::sync::Arc;
+
 use eye_service::auth::AuthError;
 
 /// The retry hint of back-pressure answers, also sent as `retry-after` metadata (seconds).
@@ -33,7 +35,8 @@ pub enum IngestError {
     ShuttingDown,
     /// The commit failed: nothing of the batch was stored, so a retry is safe.
     #[error("events could not be stored; nothing was accepted, retry the batch")]
-    Storage(#[source] sqlx::Error),
+    /// One failed group commit fails every request in it: they share the one error.
+    Storage(#[source] Arc<sqlx::Error>),
 }
 
 impl From<IngestError> for tonic::Status {
