@@ -18,6 +18,7 @@
 //!
 //! Run `just bench`, or `cargo build --release --bins && target/release/eye-bench --help`.
 
+use eye_test_support::harness;
 use std::{
     path::PathBuf,
     process::Stdio,
@@ -136,10 +137,10 @@ async fn main() -> anyhow::Result<()> {
     if args.batch == 0 || args.events == 0 || args.concurrency == 0 {
         bail!("--events, --batch and --concurrency must be at least 1");
     }
-    let server = server_url()?;
+    let server = harness::durable_server_url("eye-bench-pg")?;
     let db = fresh_database(&server).await?;
     let report = run(&args, &db).await;
-    drop_database(&server, &db.name).await;
+    let _ = harness::drop_database(&server, &db.name).await;
     let report = report?;
     print_report(&report, args.json)?;
     if report.missing != 0 || report.stored_twice != 0 || report.failed_requests != 0 {
@@ -164,7 +165,7 @@ async fn run(args: &Args, db: &Database) -> anyhow::Result<Report> {
         concurrency: args.concurrency,
         offered_rate: (args.scenario == Scenario::Latency).then_some(args.rate),
         payload_bytes: args.payload_bytes,
-        machine: machine(),
+        machine: harness::machine(),
         ..Default::default()
     };
     report.outbox_bytes_before = outbox_bytes(&mut conn).await?;
@@ -601,52 +602,10 @@ struct Database {
     url: String,
 }
 
-/// `DATABASE_URL`, or a durable private server under `target/eye-bench-pg`.
-fn server_url() -> anyhow::Result<String> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        return Ok(url);
-    }
-    let cwd = std::env::current_dir()?;
-    let options = local_postgres::Options {
-        base_dir: cwd.join("target").join("eye-bench-pg"),
-        fallback_key: format!("{}#bench", cwd.display()),
-        durable: true,
-    };
-    Ok(local_postgres::LocalPostgres::ensure(&options)?.url().to_owned())
-}
-
 async fn fresh_database(server: &str) -> anyhow::Result<Database> {
     let name = format!("eye_bench_{}", Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(server).await?;
-    sqlx::query(&format!(r#"CREATE DATABASE "{name}""#)).execute(&mut admin).await?;
-    let url = match server.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => bail!("DATABASE_URL must name a database"),
-    };
-    let mut conn = PgConnection::connect(&url).await?;
-    eye_service::database::MIGRATOR.run(&mut conn).await?;
+    let url = harness::create_database(server, &name).await?;
     Ok(Database { name, url })
-}
-
-async fn drop_database(server: &str, name: &str) {
-    if let Ok(mut admin) = PgConnection::connect(server).await {
-        let _ = sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-            .execute(&mut admin)
-            .await;
-    }
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
 }
 
 fn print_report(report: &Report, json_only: bool) -> anyhow::Result<()> {

@@ -470,14 +470,8 @@ struct Database {
 impl Database {
     async fn create(server: &str, seed: u64) -> anyhow::Result<Self> {
         let name = format!("eye_chaos_{seed}_{}", &Uuid::new_v4().simple().to_string()[..8]);
-        let mut admin = PgConnection::connect(server).await?;
-        sqlx::query(&format!(r#"CREATE DATABASE "{name}""#)).execute(&mut admin).await?;
-        let url = match server.rsplit_once('/') {
-            Some((base, _)) => format!("{base}/{name}"),
-            None => bail!("the server url names no database"),
-        };
+        let url = eye_test_support::harness::create_database(server, &name).await?;
         let mut conn = PgConnection::connect(&url).await?;
-        eye_service::database::MIGRATOR.run(&mut conn).await?;
 
         let application_id = Uuid::new_v4();
         let (key, hash) = eye_service::auth::generate_key();
@@ -505,12 +499,7 @@ impl Database {
     }
 
     async fn drop(&self, server: &str) {
-        if let Ok(mut admin) = PgConnection::connect(server).await {
-            let _ =
-                sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name))
-                    .execute(&mut admin)
-                    .await;
-        }
+        let _ = eye_test_support::harness::drop_database(server, &self.name).await;
     }
 }
 

@@ -261,3 +261,24 @@ pub fn event(
 pub async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.expect("count query")
 }
+
+/// Waits (at most 60 s) until the server behind `channel` reports `service` SERVING through a
+/// health `Watch`, which is closed again before returning (an open Watch would hold up a draining
+/// server).
+pub async fn wait_until_serving(channel: Channel, service: &str) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let request = HealthCheckRequest { service: service.into() };
+    let mut watch = HealthClient::new(channel).watch(request).await.unwrap().into_inner();
+    loop {
+        let status = tokio::time::timeout(Duration::from_secs(60), watch.message())
+            .await
+            .expect("SERVING within 60 s")
+            .unwrap()
+            .expect("the health stream stays open");
+        if status.status() == ServingStatus::Serving {
+            return;
+        }
+    }
+}

@@ -25,16 +25,17 @@
 
 mod load;
 
+use eye_test_support::harness;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use eye_proto::v1::{
     EventFilter, GetSessionRequest, ListEventsRequest, query_service_client::QueryServiceClient,
 };
 use serde::Serialize;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -170,13 +171,13 @@ async fn main() -> anyhow::Result<()> {
     if !args.database.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         bail!("--database must be letters, digits and underscores");
     }
-    let server = server_url()?;
+    let server = harness::durable_server_url("eye-query-bench-pg")?;
     if args.drop {
-        drop_database(&server, &args.database).await?;
+        harness::drop_database(&server, &args.database).await?;
         eprintln!("dropped {}", args.database);
         return Ok(());
     }
-    let url = database_url(&server, &args.database);
+    let url = eye_test_support::database_url(&server, &args.database);
     let shape = Shape { events: args.events, days: args.days, seed: args.seed };
     let (store, reused) = prepare(&args, &server, &url, shape).await?;
 
@@ -247,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
             plans.push((*kind, explain(&mut conn, &queries[0]).await?));
         }
     }
-    let report = Report { store, reused, partitions, kinds, plans, machine: machine() };
+    let report = Report { store, reused, partitions, kinds, plans, machine: harness::machine() };
     print_report(&report, args.json)?;
     Ok(())
 }
@@ -272,7 +273,7 @@ async fn prepare(
         }
         eprintln!("{} holds no complete store of this shape; loading one", args.database);
     }
-    drop_database(server, &args.database).await?;
+    harness::drop_database(server, &args.database).await?;
     let mut admin = load::connect(server).await?;
     sqlx::query(&format!(r#"CREATE DATABASE "{}""#, args.database)).execute(&mut admin).await?;
     let mut conn = load::connect(url).await?;
@@ -466,63 +467,12 @@ async fn explain(conn: &mut PgConnection, query: &Query) -> anyhow::Result<Strin
     Ok(format!("-- {parameters}\n{}", lines.join("\n")))
 }
 
-/// `DATABASE_URL`, or a durable private server under `target/eye-query-bench-pg`.
-fn server_url() -> anyhow::Result<String> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        return Ok(url);
-    }
-    let cwd = std::env::current_dir()?;
-    let options = local_postgres::Options {
-        base_dir: cwd.join("target").join("eye-query-bench-pg"),
-        fallback_key: format!("{}#query-bench", cwd.display()),
-        durable: true,
-    };
-    Ok(local_postgres::LocalPostgres::ensure(&options)?.url().to_owned())
-}
-
-/// `server` with its database replaced by `database` (query parameters kept).
-fn database_url(server: &str, database: &str) -> String {
-    let (base, query) = match server.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (server, String::new()),
-    };
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority..].find('/') {
-        Some(slash) => &base[..authority + slash],
-        None => base,
-    };
-    format!("{base}/{database}{query}")
-}
-
 async fn database_exists(server: &str, name: &str) -> anyhow::Result<bool> {
     let mut admin = load::connect(server).await?;
     Ok(sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(name)
         .fetch_one(&mut admin)
         .await?)
-}
-
-async fn drop_database(server: &str, name: &str) -> anyhow::Result<()> {
-    let mut admin = PgConnection::connect(server)
-        .await
-        .with_context(|| format!("cannot connect to {server}"))?;
-    sqlx::query(&format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#))
-        .execute(&mut admin)
-        .await?;
-    Ok(())
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-        })
-        .unwrap_or_else(|| "unknown cpu".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}")
 }
 
 fn print_report(report: &Report, json_only: bool) -> anyhow::Result<()> {

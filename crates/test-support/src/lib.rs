@@ -8,6 +8,8 @@
 //!
 //! [`wait_for`] waits on a condition without sleeping: it re-checks whenever the pipeline
 //! announces progress with NOTIFY.
+//!
+//! [`harness`] serves the benchmark and crash-suite binaries: durable servers, whole databases.
 
 use std::{
     path::PathBuf,
@@ -19,6 +21,8 @@ use sqlx::{
     Connection, PgConnection, PgPool,
     postgres::{PgListener, PgPoolOptions},
 };
+
+pub mod harness;
 
 /// NOTIFY channels on which the pipeline announces progress: the outbox's wake-ups and the
 /// store's (`eye_stored`, sent by the writer and by the validator when it quarantines).
@@ -135,7 +139,9 @@ where
     }
 }
 
-fn database_url(server: &str, database: &str) -> String {
+/// `server` with its database replaced by `database` (query parameters kept; a server URL without
+/// a database path gets one).
+pub fn database_url(server: &str, database: &str) -> String {
     let (base, query) = match server.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
         None => (server, String::new()),

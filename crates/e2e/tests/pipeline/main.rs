@@ -183,9 +183,6 @@ async fn keys_are_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_report_health_once_the_database_answers() {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
     let db = TestDb::new().await;
     let pipeline = Pipeline::start(&db, 0, 0).await;
     let channel = tonic::transport::Endpoint::from_shared(pipeline.endpoint())
@@ -193,19 +190,6 @@ async fn servers_report_health_once_the_database_answers() {
         .connect()
         .await
         .unwrap();
-    let mut health = HealthClient::new(channel);
-    let mut watch = health
-        .watch(HealthCheckRequest { service: "eye.v1.IngestService".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let status =
-            tokio::time::timeout(TIMEOUT, watch.message()).await.unwrap().unwrap().unwrap();
-        if status.status() == ServingStatus::Serving {
-            break;
-        }
-    }
-    drop(watch);
+    eye_e2e::wait_until_serving(channel, "eye.v1.IngestService").await;
     pipeline.stop().await;
 }

@@ -1015,9 +1015,6 @@ async fn stats_report_depth_lag_and_recent_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_server_serves_health_and_reflection() {
-    use tonic_health::pb::{
-        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-    };
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
@@ -1030,20 +1027,7 @@ async fn query_server_serves_health_and_reflection() {
         .await
         .unwrap();
 
-    let mut health = HealthClient::new(channel.clone());
-    let mut watch = health
-        .watch(HealthCheckRequest { service: "eye.v1.QueryService".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    loop {
-        let status =
-            tokio::time::timeout(TIMEOUT, watch.message()).await.unwrap().unwrap().unwrap();
-        if status.status() == ServingStatus::Serving {
-            break;
-        }
-    }
-    drop(watch);
+    eye_e2e::wait_until_serving(channel.clone(), "eye.v1.QueryService").await;
 
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
