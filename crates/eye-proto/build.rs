@@ -15,9 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("eye_descriptor.bin"), descriptors.encode_to_vec())?;
 
+    // Cargo features `client` and `server`: a client library needs no server code, and the
+    // messages alone need neither.
     tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
+        .build_client(env::var_os("CARGO_FEATURE_CLIENT").is_some())
+        .build_server(env::var_os("CARGO_FEATURE_SERVER").is_some())
         .compile_fds(descriptors)?;
     Ok(())
 }

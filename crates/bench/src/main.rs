@@ -18,6 +18,7 @@
 //!
 //! Run `just bench`, or `cargo build --release --bins && target/release/eye-bench --help`.
 
+use eye_service::auth::Role;
 use eye_test_support::harness;
 use std::{
     path::PathBuf,
@@ -569,31 +570,14 @@ async fn outbox_bytes(conn: &mut PgConnection) -> anyhow::Result<i64> {
 }
 
 async fn create_key(conn: &mut PgConnection) -> anyhow::Result<String> {
-    let app = Uuid::new_v4();
-    let (key, hash) = eye_service::auth::generate_key();
-    sqlx::query("INSERT INTO applications (id, name) VALUES ($1, 'bench')")
-        .bind(app)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("INSERT INTO api_keys (id, application_id, key_hash) VALUES ($1, $2, $3)")
-        .bind(Uuid::new_v4())
-        .bind(app)
-        .bind(&hash[..])
-        .execute(conn)
-        .await?;
-    Ok(key)
+    Ok(eye_admin::apps::create(conn, "bench", &[Role::Ingest]).await?.key)
 }
 
 /// The shipped pageview schema, so that validation does its real work.
 async fn register_schema(conn: &mut PgConnection) -> anyhow::Result<()> {
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../../../schemas/page_interaction.pageview.json"))?;
-    sqlx::query(
-        "INSERT INTO event_schemas (category, name, version, schema) VALUES ('page interaction', 'pageview', 1, $1)",
-    )
-    .bind(schema)
-    .execute(conn)
-    .await?;
+    let (category, name, file, text) = eye_admin::schemas::EXAMPLES[0];
+    let schema = eye_admin::schemas::parse(file, text)?;
+    eye_admin::schemas::put(conn, category, name, &schema).await?;
     Ok(())
 }
 

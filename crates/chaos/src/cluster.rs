@@ -17,27 +17,27 @@ use sqlx::{Connection, PgConnection};
 use tokio::process::{Child, Command};
 
 /// Lease of the validator and writer during a run: short, so that a frozen worker outlives it.
-pub const LEASE_MS: u64 = 2_000;
+pub(crate) const LEASE_MS: u64 = 2_000;
 /// Retry backoff of the consumers: small, so that poison rows reach their last attempt quickly.
 const BACKOFF_BASE_MS: u64 = 50;
 const BACKOFF_MAX_MS: u64 = 1_000;
 /// Idle consumers poll this often (wake-ups are lost while Postgres restarts).
 const POLL_INTERVAL_MS: u64 = 200;
 /// Claims before a row is dead-lettered (the default, stated so the run does not depend on it).
-pub const MAX_ATTEMPTS: i32 = 5;
+pub(crate) const MAX_ATTEMPTS: i32 = 5;
 /// How long a stopped service may take to drain after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// Which binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Ingest,
     Validator,
     Writer,
 }
 
 impl Kind {
-    pub fn binary(self) -> &'static str {
+    pub(crate) fn binary(self) -> &'static str {
         match self {
             Self::Ingest => "eye-ingest",
             Self::Validator => "eye-validator",
@@ -69,14 +69,14 @@ impl fmt::Display for Service {
 
 /// A service that exited without being told to.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct UnexpectedExit {
+pub(crate) struct UnexpectedExit {
     pub service: String,
     pub status: String,
     pub at_seconds: f64,
 }
 
 /// The running services of one run.
-pub struct Cluster {
+pub(crate) struct Cluster {
     services: Vec<Service>,
     bin_dir: PathBuf,
     run_dir: PathBuf,
@@ -89,7 +89,7 @@ pub struct Cluster {
 impl Cluster {
     /// Starts one ingest and `workers` validators and writers. Their logs (stderr, JSON, warnings
     /// and up) go to `run_dir/<binary>-<n>.log`, appended across restarts.
-    pub async fn start(
+    pub(crate) async fn start(
         bin_dir: &Path,
         run_dir: &Path,
         database_url: &str,
@@ -121,21 +121,21 @@ impl Cluster {
         Ok(cluster)
     }
 
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn run_dir(&self) -> &Path {
+    pub(crate) fn run_dir(&self) -> &Path {
         &self.run_dir
     }
 
     /// The log files, one per instance.
-    pub fn logs(&self) -> Vec<PathBuf> {
+    pub(crate) fn logs(&self) -> Vec<PathBuf> {
         self.services.iter().map(|s| s.log.clone()).collect()
     }
 
     /// How many instances of `kind` run.
-    pub fn count(&self, kind: Kind) -> usize {
+    pub(crate) fn count(&self, kind: Kind) -> usize {
         self.services.iter().filter(|s| s.kind == kind).count()
     }
 
@@ -197,7 +197,7 @@ impl Cluster {
     }
 
     /// Restarts every service that exited by itself, recording why.
-    pub fn supervise(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn supervise(&mut self) -> anyhow::Result<()> {
         for at in 0..self.services.len() {
             let Some(child) = self.services[at].child.as_mut() else { continue };
             let Some(status) = child.try_wait()? else { continue };
@@ -217,7 +217,7 @@ impl Cluster {
     }
 
     /// Sleeps for `duration`, restarting services that die meanwhile.
-    pub async fn idle(&mut self, duration: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn idle(&mut self, duration: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + duration;
         loop {
             self.supervise()?;
@@ -235,7 +235,7 @@ impl Cluster {
     /// hand-off's ack (`DELETE FROM outbox`) and `COMMIT`: a worker frozen there still holds a
     /// claim that another will take over, so its late ack must be fenced off. Returns whether it
     /// saw such a moment.
-    pub async fn wait_busy(
+    pub(crate) async fn wait_busy(
         &mut self,
         kind: Kind,
         index: usize,
@@ -268,7 +268,7 @@ impl Cluster {
     }
 
     /// `kill -9` an instance, reap it, wait `pause`, start it again. Returns its name.
-    pub async fn kill_and_restart(
+    pub(crate) async fn kill_and_restart(
         &mut self,
         kind: Kind,
         index: usize,
@@ -287,7 +287,7 @@ impl Cluster {
     }
 
     /// `SIGSTOP` an instance for `duration`, then `SIGCONT`. Returns its name.
-    pub async fn freeze(
+    pub(crate) async fn freeze(
         &mut self,
         kind: Kind,
         index: usize,
@@ -306,7 +306,7 @@ impl Cluster {
     }
 
     /// SIGKILL to everyone (a stopped process too), and reaps them.
-    pub async fn kill(&mut self) {
+    pub(crate) async fn kill(&mut self) {
         for service in &mut self.services {
             if let Some(mut child) = service.child.take() {
                 let _ = child.kill().await;
@@ -315,7 +315,7 @@ impl Cluster {
     }
 
     /// SIGTERM to everyone, then waits for each to drain (killing it after a grace period).
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         for service in &self.services {
             if let Some(pid) = service.child.as_ref().and_then(Child::id) {
                 let _ = signal(pid, "TERM").await;
@@ -354,13 +354,13 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The private Postgres of the run, which the suite restarts and whose backends it terminates.
 #[derive(Clone)]
-pub struct Postgres {
+pub(crate) struct Postgres {
     pub server: local_postgres::LocalPostgres,
 }
 
 impl Postgres {
     /// Starts (or reuses) the durable server under `base_dir`.
-    pub fn ensure(base_dir: PathBuf) -> anyhow::Result<Self> {
+    pub(crate) fn ensure(base_dir: PathBuf) -> anyhow::Result<Self> {
         let cwd = std::env::current_dir()?;
         let options = local_postgres::Options {
             base_dir,
@@ -374,7 +374,7 @@ impl Postgres {
 
     /// `pg_ctl restart -m fast`: every connection drops, in-flight transactions abort, committed
     /// ones must survive (the server is durable: fsync on).
-    pub async fn restart(&self) -> anyhow::Result<()> {
+    pub(crate) async fn restart(&self) -> anyhow::Result<()> {
         let server = self.server.clone();
         tokio::task::spawn_blocking(move || {
             server.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"])
@@ -384,7 +384,7 @@ impl Postgres {
     }
 
     /// Terminates every other backend of the run's database; returns how many.
-    pub async fn terminate_backends(&self, database_url: &str) -> anyhow::Result<i64> {
+    pub(crate) async fn terminate_backends(&self, database_url: &str) -> anyhow::Result<i64> {
         let mut conn = connect_retry(database_url, Duration::from_secs(30)).await?;
         let terminated: i64 = sqlx::query_scalar(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -398,7 +398,7 @@ impl Postgres {
 }
 
 /// Connects, retrying while the server restarts, until `patience` runs out.
-pub async fn connect_retry(url: &str, patience: Duration) -> anyhow::Result<PgConnection> {
+pub(crate) async fn connect_retry(url: &str, patience: Duration) -> anyhow::Result<PgConnection> {
     let deadline = Instant::now() + patience;
     loop {
         match PgConnection::connect(url).await {

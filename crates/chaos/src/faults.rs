@@ -22,7 +22,7 @@ const FREEZE_MS: std::ops::Range<u64> = LEASE_MS + 1_000..LEASE_MS + 2_000;
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fault {
+pub(crate) enum Fault {
     KillValidator,
     KillWriter,
     KillIngest,
@@ -43,7 +43,7 @@ impl Fault {
         Fault::FreezeWriter,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::KillValidator => "kill_validator",
             Self::KillWriter => "kill_writer",
@@ -57,11 +57,11 @@ impl Fault {
 }
 
 /// Faults injected, by kind (every kind listed, zeros included).
-pub type FaultCounts = BTreeMap<&'static str, u32>;
+pub(crate) type FaultCounts = BTreeMap<&'static str, u32>;
 
 /// What the fault phase did.
 #[derive(Debug, Default)]
-pub struct Injected {
+pub(crate) struct Injected {
     pub counts: FaultCounts,
     /// Process faults (kills, freezes) that hit their target inside a database transaction.
     pub mid_transaction: u32,
@@ -94,7 +94,7 @@ async fn aim(
 }
 
 /// Injects faults until `duration` has passed since `started`.
-pub async fn run(
+pub(crate) async fn run(
     cluster: &mut Cluster,
     postgres: &Postgres,
     database_url: &str,

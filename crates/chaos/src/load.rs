@@ -33,7 +33,7 @@ use tonic::{
 use uuid::Uuid;
 
 /// One event in this many breaks its schema (no `path`): the validator must quarantine it.
-pub const INVALID_EVERY: usize = 100;
+pub(crate) const INVALID_EVERY: usize = 100;
 /// The first attempt of one batch in this many is abandoned (a client timeout, a lost answer).
 const ABANDON_ONE_IN: u64 = 20;
 /// How long an abandoned attempt is given: about as long as a commit takes.
@@ -44,7 +44,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The events to send, built before the clock starts.
-pub struct Load {
+pub(crate) struct Load {
     pub batches: Vec<SendEventsRequest>,
     /// Per batch, per event: whether the event breaks its schema.
     pub invalid: Vec<Vec<bool>>,
@@ -53,7 +53,7 @@ pub struct Load {
 
 impl Load {
     /// `events` pageviews of the last hour, 20 per session, one in [`INVALID_EVERY`] invalid.
-    pub fn new(events: usize, batch: usize) -> Self {
+    pub(crate) fn new(events: usize, batch: usize) -> Self {
         let now = Utc::now();
         let mut session = Uuid::new_v4();
         let (mut batches, mut invalid, mut ids) = (Vec::new(), Vec::new(), Vec::new());
@@ -96,7 +96,7 @@ impl Load {
 
 /// What the senders saw.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Acknowledged events that must end up in `events`.
     pub acked_valid: Vec<Uuid>,
     /// Acknowledged events that must end up in `event_errors`.
@@ -153,7 +153,7 @@ fn transient(code: Code) -> bool {
 }
 
 /// How to send the load.
-pub struct Plan {
+pub(crate) struct Plan {
     /// The run's seed: which first attempts are abandoned.
     pub seed: u64,
     /// `http://127.0.0.1:<ingest port>`.
@@ -168,7 +168,7 @@ pub struct Plan {
 }
 
 /// Sends every batch; counts acknowledged events in `acknowledged` as they come.
-pub async fn run(
+pub(crate) async fn run(
     load: Arc<Load>,
     plan: Plan,
     acknowledged: Arc<AtomicUsize>,

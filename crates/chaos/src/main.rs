@@ -39,6 +39,7 @@ mod load;
 mod poison;
 mod verify;
 
+use eye_service::auth::Role;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -473,28 +474,12 @@ impl Database {
         let url = eye_test_support::harness::create_database(server, &name).await?;
         let mut conn = PgConnection::connect(&url).await?;
 
-        let application_id = Uuid::new_v4();
-        let (key, hash) = eye_service::auth::generate_key();
-        sqlx::query("INSERT INTO applications (id, name) VALUES ($1, 'chaos')")
-            .bind(application_id)
-            .execute(&mut conn)
-            .await?;
-        sqlx::query("INSERT INTO api_keys (id, application_id, key_hash) VALUES ($1, $2, $3)")
-            .bind(Uuid::new_v4())
-            .bind(application_id)
-            .bind(&hash[..])
-            .execute(&mut conn)
-            .await?;
+        let issued = eye_admin::apps::create(&mut conn, "chaos", &[Role::Ingest]).await?;
+        let (application_id, key) = (issued.application_id, issued.key);
         // The shipped pageview schema, so that validation does its real work.
-        let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../../schemas/page_interaction.pageview.json"))?;
-        sqlx::query(
-            "INSERT INTO event_schemas (category, name, version, schema) \
-             VALUES ('page interaction', 'pageview', 1, $1)",
-        )
-        .bind(schema)
-        .execute(&mut conn)
-        .await?;
+        let (category, type_name, file, text) = eye_admin::schemas::EXAMPLES[0];
+        let schema = eye_admin::schemas::parse(file, text)?;
+        eye_admin::schemas::put(&mut conn, category, type_name, &schema).await?;
         Ok(Self { name, url, application_id, key })
     }
 
@@ -583,6 +568,8 @@ fn print_report(report: &Report, json_only: bool) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use eye_service::pipeline::stage;
+
     use super::*;
 
     fn clean() -> Report {
@@ -616,7 +603,7 @@ mod tests {
             |r| r.store.lost = 1,
             |r| r.store.stored_twice = 1,
             |r| r.store.stored_unexpected = 1,
-            |r| r.store.outbox_left = vec![("write".into(), 1)],
+            |r| r.store.outbox_left = vec![(stage::WRITE.into(), 1)],
             |r| r.store.dead_letters_planted = 2,
             |r| r.store.dead_letters_unexpected = vec!["row 7".into()],
             |r| r.store.session_event_count = 991,

@@ -17,6 +17,7 @@
 //! the insert's outcome is unknown (Postgres restarting), the retry inserts only if no row with
 //! that header exists, in the outbox or among the dead letters.
 
+use eye_service::pipeline::stage;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -28,19 +29,19 @@ use uuid::Uuid;
 use crate::cluster::connect_retry;
 
 /// The header that marks a planted row.
-pub const HEADER: &str = "eye-chaos-poison";
+pub(crate) const HEADER: &str = "eye-chaos-poison";
 /// A payload `jsonb` refuses.
 const POISON_JSON: &str = r#"{"a":"\u0000"}"#;
 
 /// What was planted.
 #[derive(Debug, Default)]
-pub struct Planted {
+pub(crate) struct Planted {
     /// The header value of each planted row.
     pub markers: Vec<String>,
 }
 
 /// Plants `count` poison rows at moments drawn from `rng` within the first 85% of `duration`.
-pub async fn plant(
+pub(crate) async fn plant(
     database_url: String,
     application_id: Uuid,
     count: usize,
@@ -58,13 +59,13 @@ pub async fn plant(
         let event_id = Uuid::new_v4();
         let mut batch = poison_batch(application_id, event_id);
         let (stage, body) = match n % 3 {
-            0 => ("write", batch.encode_to_vec()),
+            0 => (stage::WRITE, batch.encode_to_vec()),
             1 => {
                 batch.application_id.truncate(3);
-                ("validate", batch.encode_to_vec())
+                (stage::VALIDATE, batch.encode_to_vec())
             }
             // An incomplete varint: no protobuf decoder accepts it.
-            _ => ("validate", vec![0xff, 0xff, 0xff]),
+            _ => (stage::VALIDATE, vec![0xff, 0xff, 0xff]),
         };
         plant_one(&database_url, stage, &marker, &body).await?;
         planted.markers.push(marker);

@@ -9,7 +9,7 @@ use crate::poison::{self, Planted};
 
 /// What the database holds after the drain.
 #[derive(Debug, Default, Serialize)]
-pub struct Store {
+pub(crate) struct Store {
     /// Rows in `events`.
     pub stored: i64,
     /// (application, event_id) pairs stored more than once.
@@ -40,7 +40,7 @@ pub struct Store {
     pub dead_letters_repeated: i64,
 }
 
-pub async fn store(
+pub(crate) async fn store(
     conn: &mut PgConnection,
     acked_valid: &[Uuid],
     acked_invalid: &[Uuid],

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`Pipeline`]: the running services and a client factory.
-//! - [`create_key`], [`register_example_schemas`]: fixtures written the way the CLI writes them.
+//! - [`create_key`], [`register_example_schemas`]: fixtures made through `eye_admin`, as the CLI
+//!   makes them.
 //! - [`scrape_metrics`], [`metric_value`]: read a service's `/metrics` like Prometheus does.
 //! - The tests themselves live in `tests/pipeline/`.
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use eye_proto::v1::{
     Event, ingest_service_client::IngestServiceClient, query_service_client::QueryServiceClient,
 };
+use eye_service::auth::Role;
 use eye_test_support::TestDb;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
@@ -20,6 +22,7 @@ use tonic::{Request, metadata::MetadataValue, transport::Channel};
 use uuid::Uuid;
 
 /// Services running against one test database.
+#[derive(Debug)]
 pub struct Pipeline {
     pub ingest_port: u16,
     /// The query server's port, when started ([`Pipeline::start_with_query`]).
@@ -180,43 +183,23 @@ pub fn authorized<T>(message: T, key: &str) -> Request<T> {
     request
 }
 
-/// Creates an application with one key holding `roles`; returns (application id, key).
+/// Creates an application with one key holding `roles` (role names), through `eye_admin` as the
+/// CLI does; returns (application id, key).
 pub async fn create_key(pool: &PgPool, name: &str, roles: &[&str]) -> (Uuid, String) {
-    let application_id = Uuid::new_v4();
-    let (key, hash) = eye_service::auth::generate_key();
-    sqlx::query("INSERT INTO applications (id, name) VALUES ($1, $2)")
-        .bind(application_id)
-        .bind(name)
-        .execute(pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO api_keys (id, application_id, key_hash, roles) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(Uuid::new_v4())
-    .bind(application_id)
-    .bind(&hash[..])
-    .bind(roles)
-    .execute(pool)
-    .await
-    .unwrap();
-    (application_id, key)
+    let roles: Vec<Role> =
+        roles.iter().map(|role| Role::from_name(role).expect("a known role")).collect();
+    let issued = eye_admin::apps::create(pool, name, &roles).await.expect("create application");
+    (issued.application_id, issued.key)
 }
 
-/// Registers the JSON Schemas shipped in `schemas/` as version 1 of their types.
+/// Registers the JSON Schemas shipped in `schemas/` (version 1 of their types in a fresh
+/// database), as `eye dev` does.
 pub async fn register_example_schemas(pool: &PgPool) {
-    let dir = eye_test_support::workspace_root().join("schemas");
-    for (category, name, file) in [
-        ("page interaction", "pageview", "page_interaction.pageview.json"),
-        ("page interaction", "cta click", "page_interaction.cta_click.json"),
-        ("form interaction", "submit", "form_interaction.submit.json"),
-    ] {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
-        register_schema(pool, category, name, 1, &schema).await;
-    }
+    eye_admin::schemas::register_examples(pool).await.expect("register the example schemas");
 }
 
+/// Registers `schema` for `category`/`name` through the registry and checks that it became
+/// `version`.
 pub async fn register_schema(
     pool: &PgPool,
     category: &str,
@@ -224,16 +207,13 @@ pub async fn register_schema(
     version: i32,
     schema: &serde_json::Value,
 ) {
-    sqlx::query(
-        "INSERT INTO event_schemas (category, name, version, schema) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(category)
-    .bind(name)
-    .bind(version)
-    .bind(schema)
-    .execute(pool)
-    .await
-    .unwrap();
+    let registration =
+        eye_admin::schemas::put(pool, category, name, schema).await.expect("register a schema");
+    assert_eq!(
+        registration,
+        eye_admin::schemas::Registration::Registered { version },
+        "{category}/{name}"
+    );
 }
 
 /// An event of `category`/`name` in `session`, happening `offset` after `base`.

@@ -91,12 +91,7 @@ pub fn validate(event: pb::Event, limits: &Limits) -> Result<Event, Rejection> {
         .session_id
         .parse()
         .map_err(|_| Rejection::InvalidSessionId(event.session_id.clone()))?;
-    check_type_part(&event.category, limits, Rejection::MissingCategory, |limit| {
-        Rejection::CategoryTooLong { limit }
-    })?;
-    check_type_part(&event.name, limits, Rejection::MissingName, |limit| Rejection::NameTooLong {
-        limit,
-    })?;
+    check_event_type(&event.category, &event.name, limits)?;
     let occurred_at = to_datetime(event.timestamp.as_ref().ok_or(Rejection::MissingTimestamp)?)
         .ok_or(Rejection::InvalidTimestamp)?;
     payload::check(&event.data_json, &limits.payload)?;
@@ -107,6 +102,16 @@ pub fn validate(event: pb::Event, limits: &Limits) -> Result<Event, Rejection> {
         data_json: event.data_json,
         occurred_at,
     })
+}
+
+/// Checks an event type's category and name (not blank, at most `limits.max_type_chars`
+/// characters each): the one rule for ingest and for the schema registry, so that every
+/// registered type can be sent.
+pub fn check_event_type(category: &str, name: &str, limits: &Limits) -> Result<(), Rejection> {
+    check_type_part(category, limits, Rejection::MissingCategory, |limit| {
+        Rejection::CategoryTooLong { limit }
+    })?;
+    check_type_part(name, limits, Rejection::MissingName, |limit| Rejection::NameTooLong { limit })
 }
 
 fn check_type_part(

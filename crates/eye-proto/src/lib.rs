@@ -6,6 +6,8 @@
 //! - `proto/eye/v1/query.proto`: the public `QueryService` (read path, errors and replay, stats).
 //!
 //! Code is generated at build time by `build.rs` with `protox`, so no system `protoc` is needed.
+//! The gRPC stubs are behind features: `client` (the `*_client` modules) and `server` (the
+//! `*_server` modules); messages are always there.
 //! [`FILE_DESCRIPTOR_SET`] feeds gRPC server reflection.
 
 /// The `eye.v1` package.

@@ -1,8 +1,10 @@
 //! API keys: random 256-bit secrets, shown once, stored only as SHA-256 hashes.
 //!
-//! A request presents `authorization: Bearer <key>`. The server hashes the key and looks the hash
+//! A request presents `authorization: Bearer <key>` (gRPC metadata or an HTTP header: the
+//! transport hands the value over as text, see [`Authenticator::authenticate`]). The server
+//! hashes the key and looks the hash
 //! up (a unique index); the secret itself is never compared, stored or logged. Lookups are cached
-//! for a bounded time (`ingest.auth_cache_ttl_ms`, 5 s by default), including unknown keys, so a
+//! for a bounded time (`auth.cache_ttl_ms`, 5 s by default), including unknown keys, so a
 //! flood of bad keys costs one query per distinct key per TTL, and a revoked key stops working
 //! within that TTL.
 
@@ -15,7 +17,6 @@ use std::{
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
 /// What a key may do.
@@ -28,11 +29,20 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role.
+    pub const ALL: [Role; 2] = [Role::Ingest, Role::Read];
+
+    /// The role's name, as stored in `api_keys.roles`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ingest => "ingest",
             Self::Read => "read",
         }
+    }
+
+    /// The role named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == name)
     }
 }
 
@@ -46,7 +56,7 @@ pub struct Principal {
 /// Why a request was not authenticated (or not authorised).
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("missing `authorization: Bearer <api key>` metadata")]
+    #[error("missing `authorization: Bearer <api key>`")]
     Missing,
     #[error("unknown or revoked api key")]
     Invalid,
@@ -54,21 +64,6 @@ pub enum AuthError {
     Forbidden(&'static str),
     #[error("cannot check the api key right now")]
     Unavailable(#[source] sqlx::Error),
-}
-
-impl From<AuthError> for tonic::Status {
-    fn from(error: AuthError) -> Self {
-        match error {
-            AuthError::Missing | AuthError::Invalid => {
-                tonic::Status::unauthenticated(error.to_string())
-            }
-            AuthError::Forbidden(_) => tonic::Status::permission_denied(error.to_string()),
-            AuthError::Unavailable(ref source) => {
-                tracing::warn!(error = %source, "api key lookup failed");
-                tonic::Status::unavailable(error.to_string())
-            }
-        }
-    }
 }
 
 /// A new key: `eye_` followed by 64 hex digits (256 random bits). Returns the key and its hash.
@@ -104,13 +99,14 @@ impl Authenticator {
         Self { pool, ttl, cache: Default::default() }
     }
 
-    /// The principal behind the request's bearer key, if it holds `role`.
+    /// The principal behind a request's `authorization` value (`Bearer <key>`; `None` when the
+    /// request carried none), if its key holds `role`.
     pub async fn authenticate(
         &self,
-        metadata: &MetadataMap,
+        authorization: Option<&str>,
         role: Role,
     ) -> Result<Principal, AuthError> {
-        let key = bearer(metadata).ok_or(AuthError::Missing)?;
+        let key = authorization.and_then(bearer).ok_or(AuthError::Missing)?;
         let principal = self.lookup(hash_key(key)).await?.ok_or(AuthError::Invalid)?;
         if principal.roles.iter().any(|r| r == role.as_str()) {
             Ok(principal)
@@ -145,9 +141,10 @@ impl Authenticator {
     }
 }
 
-fn bearer(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?.trim();
-    let (scheme, key) = value.split_once(' ')?;
+/// The key of an `authorization` value of the `Bearer` scheme (case-insensitive, surrounding
+/// whitespace ignored).
+pub fn bearer(authorization: &str) -> Option<&str> {
+    let (scheme, key) = authorization.trim().split_once(' ')?;
     let key = key.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
@@ -167,15 +164,18 @@ mod tests {
 
     #[test]
     fn bearer_parsing() {
-        let mut metadata = MetadataMap::new();
-        assert_eq!(bearer(&metadata), None);
-        metadata.insert("authorization", "Bearer abc".parse().unwrap());
-        assert_eq!(bearer(&metadata), Some("abc"));
-        metadata.insert("authorization", "bearer  abc ".parse().unwrap());
-        assert_eq!(bearer(&metadata), Some("abc"));
-        metadata.insert("authorization", "Basic abc".parse().unwrap());
-        assert_eq!(bearer(&metadata), None);
-        metadata.insert("authorization", "Bearer ".parse().unwrap());
-        assert_eq!(bearer(&metadata), None);
+        assert_eq!(bearer(""), None);
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
+
+    #[test]
+    fn roles_round_trip_by_name() {
+        for role in Role::ALL {
+            assert_eq!(Role::from_name(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::from_name("admin"), None);
     }
 }

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+pub use flush_event::DbFailure;
 use sqlx::{PgPool, migrate::Migrator, postgres::PgPoolOptions};
 
 use crate::settings::{DatabaseSettings, SettingsError};
@@ -75,13 +76,8 @@ impl DatabaseStatus {
     }
 }
 
-/// Errors that mean "no database", as opposed to errors of one statement.
+/// Errors that mean "no database", as opposed to errors of one statement
+/// ([`DbFailure::Unreachable`]).
 pub fn is_unreachable(error: &sqlx::Error) -> bool {
-    matches!(
-        error,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    ) || matches!(error, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+    DbFailure::of(error) == DbFailure::Unreachable
 }

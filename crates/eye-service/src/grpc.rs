@@ -1,4 +1,5 @@
-//! gRPC scaffolding shared by the servers: bind before serving, health, reflection.
+//! gRPC scaffolding shared by the servers: bind before serving, health, reflection, the bearer
+//! value of a request's metadata, and the one mapping of [`AuthError`] to a status.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -7,7 +8,30 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::server::HealthReporter;
 
-use crate::{database::DatabaseStatus, settings::TlsSettings};
+use crate::{auth::AuthError, database::DatabaseStatus, settings::TlsSettings};
+
+/// The `authorization` metadata of a request, as text (what [`Authenticator::authenticate`]
+/// takes).
+///
+/// [`Authenticator::authenticate`]: crate::auth::Authenticator::authenticate
+pub fn authorization(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+    metadata.get("authorization")?.to_str().ok()
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Missing | AuthError::Invalid => {
+                tonic::Status::unauthenticated(error.to_string())
+            }
+            AuthError::Forbidden(_) => tonic::Status::permission_denied(error.to_string()),
+            AuthError::Unavailable(ref source) => {
+                tracing::warn!(error = %source, "api key lookup failed");
+                tonic::Status::unavailable(error.to_string())
+            }
+        }
+    }
+}
 
 /// A gRPC server could not be set up.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,8 @@ use config::{Config, Environment, File};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+pub use eye_telemetry::{LogFormat, TelemetrySettings};
+
 /// Settings could not be loaded or make no sense.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -22,6 +24,7 @@ pub enum SettingsError {
 #[serde(default)]
 pub struct Settings {
     pub database: DatabaseSettings,
+    pub auth: AuthSettings,
     pub ingest: IngestSettings,
     pub query: QuerySettings,
     pub validator: ValidatorSettings,
@@ -69,6 +72,19 @@ impl DatabaseSettings {
     }
 }
 
+/// How servers (ingest, query) check API keys.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AuthSettings {
+    /// How long an authenticated key (or an unknown key) is cached: the bound on how long a
+    /// revoked key keeps working (`EYE__AUTH__CACHE_TTL_MS`; default 5000).
+    pub cache_ttl_ms: Option<u64>,
+}
+
+/// [`AuthSettings::cache_ttl_ms`] when neither it nor the deprecated
+/// `ingest.auth_cache_ttl_ms` is set.
+pub const DEFAULT_AUTH_CACHE_TTL_MS: u64 = 5_000;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct IngestSettings {
@@ -87,9 +103,9 @@ pub struct IngestSettings {
     pub commit_max_events: usize,
     /// Group commits in flight at once.
     pub commit_concurrency: usize,
-    /// How long an authenticated key (or an unknown key) is cached: the bound on how long a
-    /// revoked key keeps working.
-    pub auth_cache_ttl_ms: u64,
+    /// Deprecated: use `auth.cache_ttl_ms`, which wins when both are set. Still honoured (by
+    /// ingest and query alike) so that existing deployments keep their setting.
+    pub auth_cache_ttl_ms: Option<u64>,
     /// Back-pressure: past this many outbox rows waiting for validation (one row per accepted
     /// request), ingest answers RESOURCE_EXHAUSTED with a retry hint until the backlog shrinks.
     pub max_backlog_rows: i64,
@@ -111,7 +127,7 @@ impl Default for IngestSettings {
             max_payload_depth: 64,
             commit_max_events: 5_000,
             commit_concurrency: 3,
-            auth_cache_ttl_ms: 5_000,
+            auth_cache_ttl_ms: None,
             max_backlog_rows: 100_000,
             backlog_check_ms: 1_000,
             request_timeout_ms: 30_000,
@@ -204,24 +220,6 @@ pub struct WriterSettings {
     pub consumer: ConsumerSettings,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    #[default]
-    Json,
-    Pretty,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct TelemetrySettings {
-    pub log_format: LogFormat,
-    /// `RUST_LOG`-style filter, used when `RUST_LOG` is unset.
-    pub log_filter: String,
-    /// OTLP/gRPC endpoint for traces; `OTEL_EXPORTER_OTLP_ENDPOINT` also enables export.
-    pub otlp_endpoint: Option<String>,
-}
-
 /// Where a service serves its Prometheus metrics (`GET /metrics`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -237,13 +235,18 @@ impl Default for MetricsSettings {
     }
 }
 
-impl Default for TelemetrySettings {
-    fn default() -> Self {
-        Self { log_format: LogFormat::Json, log_filter: "info".into(), otlp_endpoint: None }
-    }
-}
-
 impl Settings {
+    /// How long API key lookups are cached: `auth.cache_ttl_ms`, else the deprecated
+    /// `ingest.auth_cache_ttl_ms`, else 5 s.
+    pub fn auth_cache_ttl(&self) -> std::time::Duration {
+        let ms = self
+            .auth
+            .cache_ttl_ms
+            .or(self.ingest.auth_cache_ttl_ms)
+            .unwrap_or(DEFAULT_AUTH_CACHE_TTL_MS);
+        std::time::Duration::from_millis(ms)
+    }
+
     /// Loads settings from the process environment (and the config file, if any).
     pub fn load() -> Result<Self, SettingsError> {
         let file = std::env::var_os("EYE_CONFIG").map(PathBuf::from);
@@ -261,6 +264,12 @@ impl Settings {
             .build()?;
         let settings: Settings = config.try_deserialize()?;
         settings.validate()?;
+        if settings.ingest.auth_cache_ttl_ms.is_some() {
+            tracing::warn!(
+                "ingest.auth_cache_ttl_ms (EYE__INGEST__AUTH_CACHE_TTL_MS) is deprecated; \
+                 use auth.cache_ttl_ms (EYE__AUTH__CACHE_TTL_MS)"
+            );
+        }
         Ok(settings)
     }
 
@@ -327,6 +336,16 @@ mod tests {
         assert_eq!(settings.ingest.max_event_bytes, 64 * 1024);
         assert_eq!(settings.validator.consumer.max_attempts, 5);
         assert_eq!(settings.validator.future_tolerance_ms, 60_000);
+        assert_eq!(settings.auth_cache_ttl(), std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_deprecated_auth_setting_still_works_and_the_new_one_wins() {
+        let mut settings = Settings::default();
+        settings.ingest.auth_cache_ttl_ms = Some(250);
+        assert_eq!(settings.auth_cache_ttl(), std::time::Duration::from_millis(250));
+        settings.auth.cache_ttl_ms = Some(100);
+        assert_eq!(settings.auth_cache_ttl(), std::time::Duration::from_millis(100));
     }
 
     #[test]

@@ -21,13 +21,40 @@ pub mod propagation;
 
 use std::io::IsTerminal;
 
-use eye_service::settings::{LogFormat, TelemetrySettings};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use serde::Deserialize;
 use tracing_subscriber::{EnvFilter, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// How logs are written (setting `telemetry.log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+/// The `telemetry` section of the settings (`EYE__TELEMETRY__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter, used when `RUST_LOG` is unset.
+    pub log_filter: String,
+    /// OTLP/gRPC endpoint for traces; `OTEL_EXPORTER_OTLP_ENDPOINT` also enables export.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self { log_format: LogFormat::Json, log_filter: "info".into(), otlp_endpoint: None }
+    }
+}
 
 /// Flushes telemetry when dropped.
 #[must_use = "dropping the guard flushes and stops trace export"]
+#[derive(Debug)]
 pub struct Guard {
     provider: Option<SdkTracerProvider>,
 }

@@ -82,6 +82,30 @@ pub fn link_to_span(span: &tracing::Span, other: &tracing::Span) {
     span.add_link(other.context().span().span_context().clone());
 }
 
+/// The span of one claimed outbox row while a consumer stage works on it: named after the stage
+/// (`otel.name`, so that exported traces read ingest -> validate -> write), in the trace of the
+/// request that made the row (its `traceparent` header) and linked to the batch's own span.
+/// Enter it while working on the row; keep it until the hand-off is written.
+pub fn row_span(
+    stage: &str,
+    row_id: i64,
+    attempts: i32,
+    events: usize,
+    headers: &Headers,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "hand_off_row",
+        otel.name = stage,
+        otel.kind = "consumer",
+        row = row_id,
+        attempts,
+        events,
+    );
+    set_parent(&span, headers);
+    link_to_span(&span, &tracing::Span::current());
+    span
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use crate::{CHANNEL, Error};
+use crate::CHANNEL;
 
 /// The state of one stage.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -20,8 +20,8 @@ pub struct StageStats {
 }
 
 /// Depth, lag and dead letters for every stage that has rows or dead letters.
-pub async fn stage_stats(pool: &PgPool) -> Result<Vec<StageStats>, Error> {
-    Ok(sqlx::query_as(
+pub async fn stage_stats(pool: &PgPool) -> Result<Vec<StageStats>, sqlx::Error> {
+    sqlx::query_as(
         "WITH live AS ( \
              SELECT stage, count(*) AS depth, \
                     count(*) FILTER (WHERE attempts > 0 AND visible_at > now()) AS in_flight, \
@@ -37,7 +37,7 @@ pub async fn stage_stats(pool: &PgPool) -> Result<Vec<StageStats>, Error> {
          FROM live FULL JOIN dead ON live.stage = dead.stage ORDER BY 1",
     )
     .fetch_all(pool)
-    .await?)
+    .await
 }
 
 /// A dead-lettered row (its body left out: it is for the stage's consumer to read).
@@ -56,15 +56,15 @@ pub async fn list_dead_letters(
     pool: &PgPool,
     stage: Option<&str>,
     limit: i64,
-) -> Result<Vec<DeadLetter>, Error> {
-    Ok(sqlx::query_as(
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(
         "SELECT id, stage, attempts, created_at, dead_at, last_error FROM outbox_dead_letters \
          WHERE $1::text IS NULL OR stage = $1 ORDER BY dead_at DESC, id DESC LIMIT $2",
     )
     .bind(stage)
     .bind(limit)
     .fetch_all(pool)
-    .await?)
+    .await
 }
 
 /// Moves dead letters back into their stage with a fresh attempt count; `ids` empty means all
@@ -73,7 +73,7 @@ pub async fn replay_dead_letters(
     pool: &PgPool,
     stage: Option<&str>,
     ids: &[i64],
-) -> Result<u64, Error> {
+) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let stages: Vec<(String,)> = sqlx::query_as(
         "WITH moved AS ( \

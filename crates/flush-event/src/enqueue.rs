@@ -3,7 +3,7 @@
 use prost::Message;
 use sqlx::PgConnection;
 
-use crate::{CHANNEL, Error, Headers};
+use crate::{CHANNEL, Headers};
 
 /// Enqueues one message into `stage`, as part of the transaction `conn` is in.
 ///
@@ -13,7 +13,7 @@ pub async fn flush_event<M: Message>(
     stage: &str,
     body: &M,
     headers: &Headers,
-) -> Result<(), Error> {
+) -> Result<(), sqlx::Error> {
     flush_events(conn, stage, [(body, headers)]).await.map(|_| ())
 }
 
@@ -22,7 +22,7 @@ pub async fn flush_events<'a, M: Message + 'a>(
     conn: &mut PgConnection,
     stage: &str,
     rows: impl IntoIterator<Item = (&'a M, &'a Headers)>,
-) -> Result<u64, Error> {
+) -> Result<u64, sqlx::Error> {
     let (bodies, headers): (Vec<Vec<u8>>, Vec<serde_json::Value>) = rows
         .into_iter()
         .map(|(body, headers)| (body.encode_to_vec(), headers_json(headers)))

@@ -14,6 +14,9 @@
 //! - [`worker`]: [`run_worker`], the claim -> handle -> ack loop, with poison isolation.
 //! - [`wake`]: [`Waker`], LISTEN/NOTIFY wake-ups with a polling fallback (never a busy loop).
 //! - [`admin`]: dead-letter listing and replay, per-stage depth and lag.
+//! - [`failure`]: [`DbFailure`], the one classification of database errors (unreachable,
+//!   retryable, timeout, the statement's own) that the outbox, health checks and error mappings
+//!   share.
 //!
 //! The tables (`outbox`, `outbox_dead_letters`) are created by the workspace's `migrations/`.
 //!
@@ -26,6 +29,7 @@
 
 pub mod admin;
 pub mod enqueue;
+pub mod failure;
 pub mod outbox;
 pub mod wake;
 pub mod worker;
@@ -33,6 +37,7 @@ pub mod worker;
 use std::collections::BTreeMap;
 
 pub use enqueue::{flush_event, flush_events};
+pub use failure::{DbFailure, is_transient};
 pub use outbox::{Claimed, Outbox, OutboxConfig, RetryOutcome};
 pub use wake::Waker;
 pub use worker::{BatchReport, Handler, run_worker, run_workers};
@@ -43,20 +48,8 @@ pub type Headers = BTreeMap<String, String>;
 /// The NOTIFY channel; the payload is the stage that received rows.
 pub const CHANNEL: &str = "flush_event";
 
-/// Whether a database error is transient: the connection or the server failed (SQLSTATE classes
-/// 08 and 57P, pool timeouts, I/O), or the transaction lost a deadlock or serialization conflict
-/// (40P01, 40001). Retrying the same work later can succeed; the rows are not to blame.
-pub fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
-        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
-        }),
-        _ => false,
-    }
-}
-
-/// What can go wrong in the outbox itself.
+/// What can go wrong acking claimed rows. (Enqueueing and administration can only fail in the
+/// database, and return `sqlx::Error`.)
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("outbox database error")]

@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 /// (category, name, relative frequency). The first three have schemas registered (schema_version
 /// 1), like `eye dev`'s examples; the rest were stored without one.
-pub const TYPES: [(&str, &str, f64); 20] = [
+pub(crate) const TYPES: [(&str, &str, f64); 20] = [
     ("page interaction", "pageview", 30.0),
     ("page interaction", "cta click", 8.0),
     ("form interaction", "submit", 3.0),
@@ -53,7 +53,7 @@ pub const TYPES: [(&str, &str, f64); 20] = [
 ];
 
 /// The categories of [`TYPES`], each once.
-pub fn categories() -> Vec<&'static str> {
+pub(crate) fn categories() -> Vec<&'static str> {
     let mut categories: Vec<&str> = TYPES.iter().map(|(category, _, _)| *category).collect();
     categories.dedup();
     categories.sort_unstable();
@@ -62,7 +62,7 @@ pub fn categories() -> Vec<&'static str> {
 }
 
 /// The applications sending events: (name, host, share of sessions).
-pub const APPLICATIONS: [(&str, &str, f64); 3] =
+pub(crate) const APPLICATIONS: [(&str, &str, f64); 3] =
     [("shop", "shop.example", 0.60), ("blog", "blog.example", 0.25), ("app", "app.example", 0.15)];
 
 /// Largest session.
@@ -77,7 +77,7 @@ const EVENTS_PER_USER: u64 = 100;
 
 /// What to load.
 #[derive(Debug, Clone, Copy)]
-pub struct Shape {
+pub(crate) struct Shape {
     pub events: u64,
     pub days: u32,
     pub seed: u64,
@@ -85,7 +85,7 @@ pub struct Shape {
 
 /// What was loaded, recorded in `query_bench_meta` so that `--reuse` can check it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub events: i64,
     pub sessions: i64,
     pub users: i64,
@@ -100,7 +100,10 @@ pub struct Loaded {
 }
 
 /// The load recorded in the database, if it is complete and of `shape`.
-pub async fn existing(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<Option<Loaded>> {
+pub(crate) async fn existing(
+    conn: &mut PgConnection,
+    shape: Shape,
+) -> anyhow::Result<Option<Loaded>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('query_bench_meta') IS NOT NULL")
         .fetch_one(&mut *conn)
         .await?;
@@ -123,14 +126,14 @@ pub async fn existing(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<O
 /// SplitMix64: a small, fast, seedable generator; good enough for synthetic data and
 /// reproducible from `--seed`.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -139,12 +142,12 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Uniform in [0, n).
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
@@ -205,7 +208,7 @@ struct Compact {
 }
 
 /// Loads `shape` into the freshly migrated database `conn` is connected to.
-pub async fn load(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<Loaded> {
+pub(crate) async fn load(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<Loaded> {
     let started = Instant::now();
     let window_end = Utc::now().with_nanosecond(0).expect("valid");
     let window_start = window_end - chrono::Duration::days(i64::from(shape.days));
@@ -366,15 +369,7 @@ fn generate(
 async fn applications(conn: &mut PgConnection) -> anyhow::Result<Vec<Uuid>> {
     let mut ids = Vec::new();
     for (name, _, _) in APPLICATIONS {
-        let id: Uuid = sqlx::query_scalar(
-            "INSERT INTO applications (id, name) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
-        )
-        .bind(Uuid::now_v7())
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await?;
-        ids.push(id);
+        ids.push(eye_admin::apps::ensure(&mut *conn, name).await?);
     }
     Ok(ids)
 }
@@ -567,7 +562,7 @@ fn timestamp(out: &mut String, micros: i64) {
 }
 
 /// Connects to `url`, checking the server answers.
-pub async fn connect(url: &str) -> anyhow::Result<PgConnection> {
+pub(crate) async fn connect(url: &str) -> anyhow::Result<PgConnection> {
     PgConnection::connect(url).await.with_context(|| format!("cannot connect to {url}"))
 }
 

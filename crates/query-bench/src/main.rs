@@ -25,6 +25,7 @@
 
 mod load;
 
+use eye_service::auth::Role;
 use eye_test_support::harness;
 use std::time::Instant;
 
@@ -284,23 +285,8 @@ async fn prepare(
 
 /// A fresh key with the `read` role for the application `bench-reader`.
 async fn read_key(conn: &mut PgConnection) -> anyhow::Result<String> {
-    let app: Uuid = sqlx::query_scalar(
-        "INSERT INTO applications (id, name) VALUES ($1, 'bench-reader') \
-         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
-    )
-    .bind(Uuid::now_v7())
-    .fetch_one(&mut *conn)
-    .await?;
-    let (key, hash) = eye_service::auth::generate_key();
-    sqlx::query(
-        "INSERT INTO api_keys (id, application_id, key_hash, roles) VALUES ($1, $2, $3, '{read}')",
-    )
-    .bind(Uuid::now_v7())
-    .bind(app)
-    .bind(&hash[..])
-    .execute(conn)
-    .await?;
-    Ok(key)
+    let issued = eye_admin::apps::ensure_and_issue_key(conn, "bench-reader", &[Role::Read]).await?;
+    Ok(issued.key)
 }
 
 /// The parameters of every query, per kind in [`Kind::ALL`] order, drawn from the store.

@@ -26,7 +26,8 @@ pub mod harness;
 
 /// NOTIFY channels on which the pipeline announces progress: the outbox's wake-ups and the
 /// store's (`eye_stored`, sent by the writer and by the validator when it quarantines).
-pub const PROGRESS_CHANNELS: [&str; 2] = ["flush_event", "eye_stored"];
+pub const PROGRESS_CHANNELS: [&str; 2] =
+    [eye_service::pipeline::channel::OUTBOX, eye_service::pipeline::channel::STORED];
 
 /// The URL of the server tests run against, started on first use.
 pub fn server_url() -> &'static str {
@@ -54,6 +55,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A database of its own for one test, dropped when the value is.
+#[derive(Debug)]
 pub struct TestDb {
     pub pool: PgPool,
     pub url: String,

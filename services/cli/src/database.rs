@@ -9,7 +9,7 @@
 use std::{str::FromStr, time::Duration};
 
 use anyhow::{Context, anyhow};
-use eye_service::{Settings, settings::DatabaseSettings};
+use eye_service::{Settings, database::DbFailure, settings::DatabaseSettings};
 use local_postgres::{LocalPostgres, Options};
 use sqlx::{
     Connection, PgConnection, PgPool,
@@ -96,15 +96,17 @@ pub fn error(error: sqlx::Error) -> anyhow::Error {
             _ => anyhow!("the database refused the request: {}", database.message()),
         };
     }
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            anyhow!("lost the connection to the database: {error}")
-        }
-        other => anyhow!("database error: {other}"),
+    match DbFailure::of(&error) {
+        DbFailure::Unreachable => anyhow!("lost the connection to the database: {error}"),
+        _ => anyhow!("database error: {error}"),
     }
 }
 
-/// Whether `error` is a unique violation (two writers raced for the same key).
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error.as_database_error().is_some_and(|database| database.is_unique_violation())
+/// An administrative failure as a message: the domain's own, or the database's mapped by
+/// [`error`].
+pub fn admin(error: eye_admin::AdminError) -> anyhow::Error {
+    match error {
+        eye_admin::AdminError::Database(error) => self::error(error),
+        other => anyhow!(other),
+    }
 }

@@ -18,19 +18,17 @@
 //! # Layout
 //! - [`cli`]: the command-line grammar (clap derive).
 //! - [`commands`]: one module per command: [`apps`](commands::apps), [`schemas`](commands::schemas),
-//!   [`send`](commands::send), [`migrate`](commands::migrate), [`dev`](commands::dev), and the
+//!   [`dlq`](commands::dlq) (all three thin over `eye_admin`), [`send`](commands::send) (over
+//!   `eye_client`), [`migrate`](commands::migrate), [`dev`](commands::dev), and the
 //!   read commands [`events`](commands::events), [`session`](commands::session),
 //!   [`errors`](commands::errors), [`replay`](commands::replay), [`stats`](commands::stats), which
 //!   share [`read`](commands::read) (connecting, refusals, table rows and JSON lines).
 //! - [`database`]: which database to use (configured, or the local dev server) and turning
 //!   database errors into messages that say what to do.
-//! - [`client`]: [`Client`](client::Client) and [`QueryClient`](client::QueryClient), authenticated
-//!   clients of the ingest and query services.
 //! - [`time`]: times on the command line (`--from 1h`, RFC 3339) and durations (`--window 2d`).
 //! - `table`: plain-text tables for the `list` commands.
 
 pub mod cli;
-pub mod client;
 pub mod commands;
 pub mod database;
 mod table;

@@ -1,7 +1,7 @@
 //! Plain-text tables for the `list` commands: a header, columns padded to their widest cell.
 
 /// Renders `rows` under `header`, two spaces between columns, no trailing spaces.
-pub fn render<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn render<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(|title| title.chars().count());
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

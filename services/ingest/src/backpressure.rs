@@ -17,7 +17,9 @@ use eye_service::{auth::AuthError, database::DatabaseStatus};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::{VALIDATE_STAGE, error::IngestError};
+use eye_service::pipeline::stage;
+
+use crate::error::IngestError;
 
 #[derive(Debug, Clone)]
 pub struct Backpressure {
@@ -62,7 +64,7 @@ impl Backpressure {
         loop {
             let rows: Result<i64, _> =
                 sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stage = $1")
-                    .bind(VALIDATE_STAGE)
+                    .bind(stage::VALIDATE)
                     .fetch_one(&pool)
                     .await;
             match rows {

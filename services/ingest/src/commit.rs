@@ -17,12 +17,15 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::{VALIDATE_STAGE, error::IngestError};
+use eye_service::pipeline::stage;
+
+use crate::error::IngestError;
 
 /// Requests waiting for a commit before new ones are refused.
 const QUEUE_DEPTH: usize = 1_024;
 
 /// The accepted events of one request.
+#[derive(Debug)]
 pub struct Submission {
     pub application_id: ApplicationId,
     pub received_at: DateTime<Utc>,
@@ -31,13 +34,14 @@ pub struct Submission {
     pub headers: Headers,
 }
 
+#[derive(Debug)]
 struct Job {
     submission: Submission,
     reply: oneshot::Sender<Result<Vec<bool>, Arc<sqlx::Error>>>,
 }
 
 /// The handle requests commit through. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Committer {
     queue: Arc<std::sync::Mutex<Option<mpsc::Sender<Job>>>>,
     loops: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
@@ -190,12 +194,8 @@ async fn commit_group(
         }
         outcomes.push(new);
     }
-    flush_event::flush_events(&mut tx, VALIDATE_STAGE, rows.iter().map(|(body, h)| (body, h)))
-        .await
-        .map_err(|error| match error {
-            flush_event::Error::Database(error) => error,
-            other => sqlx::Error::Protocol(other.to_string()),
-        })?;
+    flush_event::flush_events(&mut tx, stage::VALIDATE, rows.iter().map(|(body, h)| (body, h)))
+        .await?;
     tx.commit().await?;
     Ok(outcomes)
 }

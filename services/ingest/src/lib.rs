@@ -3,138 +3,134 @@
 //! once the accepted events are durable in Postgres.
 //!
 //! # Layout
-//! - [`service`]: the `SendEvents` handler: authenticate, check limits, check each envelope
+//! - [`core`]: the transport-free core: authenticate, check limits, check each envelope
 //!   (`event_model::envelope`), hand the accepted events to the committer, answer per event.
+//! - [`grpc`]: the gRPC adapter (span, request metrics, the mapping to `tonic::Status`).
 //! - [`commit`]: group commit. Concurrent requests share one transaction that records their ids
 //!   in the idempotency ledger (which answers DUPLICATE) and enqueues one outbox row per request
 //!   into the `validate` stage.
 //! - [`backpressure`]: refuse at once (UNAVAILABLE / RESOURCE_EXHAUSTED with a retry hint) while
 //!   the database is down or the outbox backlog is over its bound.
-//! - [`error`]: the service's errors and their one mapping to `tonic::Status`.
+//! - [`error`]: the service's errors.
 //!
 //! Payloads are not checked against their schemas here: that is the validator's job, off the
 //! request path, so applications are never left waiting on it.
 
 pub mod backpressure;
 pub mod commit;
+pub mod core;
 pub mod error;
-pub mod service;
+pub mod grpc;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use eye_proto::v1::ingest_service_server::IngestServiceServer;
-use eye_service::{Settings, auth::Authenticator, database::DatabaseStatus, grpc};
-use eye_telemetry::metrics::{Metrics, MetricsServer};
+use eye_service::{
+    Settings, auth::Authenticator, database::DatabaseStatus, grpc as grpc_server,
+    http::MetricsEndpoint,
+};
+use eye_telemetry::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// The outbox stage ingest writes into.
-pub const VALIDATE_STAGE: &str = "validate";
 
 /// How long shutdown waits for in-flight requests and commits.
 const GRACE_PERIOD: Duration = Duration::from_secs(20);
 
 /// A built, bound, not yet serving ingest server.
+#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
-    service: service::Ingest,
+    core: Arc<core::Ingest>,
     committer: commit::Committer,
     backpressure: backpressure::Backpressure,
     database: DatabaseStatus,
     pool: sqlx::PgPool,
     settings: Settings,
-    metrics_server: Option<MetricsServer>,
+    metrics: MetricsEndpoint,
 }
 
 impl Application {
     /// Connects (lazily) to the database and binds the gRPC and metrics ports.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let metrics = Metrics::new();
-        let server = MetricsServer::bind(&settings.metrics, metrics.clone()).await?;
-        let mut app = Self::build_with_metrics(settings, metrics).await?;
-        app.metrics_server = Some(server);
-        Ok(app)
+        let endpoint = MetricsEndpoint::bind(&settings.metrics).await?;
+        Self::build_on(settings, endpoint).await
     }
 
     /// [`build`](Self::build), recording into `metrics` and serving no `/metrics` of its own:
     /// for several services in one process (`eye dev`), whose caller serves `metrics`.
     pub async fn build_with_metrics(settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
+        Self::build_on(settings, MetricsEndpoint::shared(metrics)).await
+    }
+
+    async fn build_on(settings: Settings, endpoint: MetricsEndpoint) -> anyhow::Result<Self> {
+        let metrics = endpoint.metrics().clone();
         let pool = eye_service::database::pool(&settings.database)?;
         metrics.watch_pool(&pool);
-        let listener = grpc::bind(&settings.ingest.host, settings.ingest.port).await?;
+        let listener = grpc_server::bind(&settings.ingest.host, settings.ingest.port).await?;
         let committer = commit::Committer::start(pool.clone(), &settings.ingest, metrics.clone());
-        let auth = Authenticator::new(
-            pool.clone(),
-            Duration::from_millis(settings.ingest.auth_cache_ttl_ms),
-        );
+        let auth = Authenticator::new(pool.clone(), settings.auth_cache_ttl());
         let database = DatabaseStatus::default();
         let backpressure =
             backpressure::Backpressure::new(database.clone(), settings.ingest.max_backlog_rows);
-        let service = service::Ingest::new(
+        let core = Arc::new(core::Ingest::new(
             auth,
             backpressure.clone(),
             committer.clone(),
             &settings.ingest,
             metrics,
-        );
+        ));
         Ok(Self {
             listener,
-            service,
+            core,
             committer,
             backpressure,
             database,
             pool,
             settings,
-            metrics_server: None,
+            metrics: endpoint,
         })
     }
 
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
-        grpc::local_addr(&self.listener).port()
+        grpc_server::local_addr(&self.listener).port()
     }
 
     /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
     pub fn metrics_port(&self) -> Option<u16> {
-        self.metrics_server.as_ref().map(MetricsServer::port)
+        self.metrics.port()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
     /// and their commits land, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self {
-            listener,
-            service,
-            committer,
-            backpressure,
-            database,
-            pool,
-            settings,
-            metrics_server,
-        } = self;
+        let Self { listener, core, committer, backpressure, database, pool, settings, metrics } =
+            self;
+        let service = grpc::GrpcIngest::new(core, metrics.metrics().clone());
         // Serves until the end of the drain, so the drain itself can be watched.
-        let metrics_server = metrics_server.map(MetricsServer::spawn);
+        let metrics_server = metrics.spawn();
         tokio::spawn(backpressure.watch_backlog(
             pool.clone(),
             Duration::from_millis(settings.ingest.backlog_check_ms),
             shutdown.clone(),
         ));
         let max_message = settings.ingest.max_batch_bytes.saturating_mul(4);
-        let health = grpc::health("eye.v1.IngestService", pool, database, shutdown.clone()).await;
-        let server =
-            grpc::server(&settings.tls, Duration::from_millis(settings.ingest.request_timeout_ms))?
-                .add_service(health)
-                .add_service(grpc::reflection())
-                .add_service(
-                    IngestServiceServer::new(service)
-                        .max_decoding_message_size(max_message)
-                        .max_encoding_message_size(max_message),
-                )
-                .serve_with_incoming_shutdown(
-                    grpc::incoming(listener),
-                    shutdown.clone().cancelled_owned(),
-                );
-        let served = grpc::drain_within(server, &shutdown, GRACE_PERIOD).await;
+        let health =
+            grpc_server::health("eye.v1.IngestService", pool, database, shutdown.clone()).await;
+        let timeout = Duration::from_millis(settings.ingest.request_timeout_ms);
+        let server = grpc_server::server(&settings.tls, timeout)?
+            .add_service(health)
+            .add_service(grpc_server::reflection())
+            .add_service(
+                IngestServiceServer::new(service)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
+            .serve_with_incoming_shutdown(
+                grpc_server::incoming(listener),
+                shutdown.clone().cancelled_owned(),
+            );
+        let served = grpc_server::drain_within(server, &shutdown, GRACE_PERIOD).await;
         // The server has drained; now let the committer finish what it holds.
         match tokio::time::timeout(GRACE_PERIOD, committer.close()).await {
             Ok(()) => tracing::info!("ingest drained"),

@@ -3,7 +3,7 @@
 //! Database errors are logged with their text and reach the client only as a generic message: SQL,
 //! table names and values never leave the server.
 
-use eye_service::auth::AuthError;
+use eye_service::{auth::AuthError, database::DbFailure};
 
 use crate::token::TokenError;
 
@@ -25,8 +25,6 @@ pub enum QueryError {
     Unavailable(#[source] sqlx::Error),
     #[error("the query failed on the server")]
     Database(#[source] sqlx::Error),
-    #[error("the replay could not be enqueued")]
-    Outbox(#[source] flush_event::Error),
 }
 
 impl QueryError {
@@ -35,36 +33,16 @@ impl QueryError {
     }
 }
 
-/// Postgres `query_canceled`: what a statement timeout raises.
-const QUERY_CANCELED: &str = "57014";
-
 impl From<sqlx::Error> for QueryError {
     fn from(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some(QUERY_CANCELED) => {
-                tracing::warn!(error = %db, "query canceled by the statement timeout");
+        match DbFailure::of(&error) {
+            DbFailure::Timeout => {
+                tracing::warn!(%error, "query canceled by the statement timeout");
                 Self::Timeout
             }
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
-            // Serialization failures and deadlocks (class 40) are worth a retry too.
-            sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("40")) => {
-                Self::Unavailable(error)
-            }
-            _ => Self::Database(error),
-        }
-    }
-}
-
-impl From<flush_event::Error> for QueryError {
-    fn from(error: flush_event::Error) -> Self {
-        match error {
-            flush_event::Error::Database(error) => error.into(),
-            // Only consumers acking claimed rows lose leases; the query service claims nothing.
-            error @ flush_event::Error::LeaseLost { .. } => Self::Outbox(error),
+            // A lost race (serialization failure, deadlock) is worth a retry too.
+            DbFailure::Unreachable | DbFailure::Retryable => Self::Unavailable(error),
+            DbFailure::Statement => Self::Database(error),
         }
     }
 }
@@ -86,10 +64,6 @@ impl From<QueryError> for tonic::Status {
             QueryError::Database(ref source) => {
                 // The database's text (which may quote SQL or values) stays in our logs.
                 tracing::error!(error = %source, "query failed");
-                Status::internal(error.to_string())
-            }
-            QueryError::Outbox(ref source) => {
-                tracing::error!(error = %source, "replay enqueue failed");
                 Status::internal(error.to_string())
             }
         }

@@ -3,8 +3,12 @@
 //! gRPC (`eye.v1.QueryService`, default port 50052) with keys holding the `read` role.
 //!
 //! # Layout
-//! - [`service`]: the gRPC handlers: authenticate, check the request (refusals name the field),
-//!   call [`queries`], map rows to messages, cut pages.
+//! - [`core`]: the transport-free core, one method per RPC: check the request ([`request`]),
+//!   run the SQL ([`queries`]), build the answer ([`response`]).
+//! - [`grpc`]: the gRPC adapter: authenticate, call the core.
+//! - [`request`]: request checking (page sizes, filters, time ranges, containment); every
+//!   refusal names its field.
+//! - [`response`]: rows to messages, pages cut by count and encoded size, stats.
 //! - [`queries`]: the SQL. Filters become statements holding only the predicates a request sets,
 //!   so every plan can use its index; replay is one transaction (mark pending + enqueue).
 //! - [`token`]: page tokens: keyset positions bound to the RPC and the filter that issued them.
@@ -14,27 +18,28 @@
 //! The service only reads, except `ReplayErrors`, which writes `event_errors` and the outbox
 //! stage `validate` the way ingest does, so replayed events take the same path as new ones.
 
+pub mod core;
 pub mod error;
+pub mod grpc;
 pub mod queries;
-pub mod service;
+pub mod request;
+pub mod response;
 pub mod token;
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use eye_proto::v1::query_service_server::QueryServiceServer;
-use eye_service::{Settings, auth::Authenticator, grpc, settings::DatabaseSettings};
-use eye_telemetry::metrics::{Metrics, MetricsServer};
+use eye_service::{
+    Settings, auth::Authenticator, grpc as grpc_server, http::MetricsEndpoint,
+    settings::DatabaseSettings,
+};
+use eye_telemetry::metrics::Metrics;
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-
-/// The outbox stage replayed errors are enqueued into (the validator's input, as for ingest).
-pub const VALIDATE_STAGE: &str = "validate";
-/// The stages GetStats always reports, even when empty.
-pub const KNOWN_STAGES: [&str; 2] = ["validate", "write"];
 
 /// How long shutdown waits for in-flight requests.
 const GRACE_PERIOD: Duration = Duration::from_secs(20);
@@ -43,67 +48,67 @@ const GRACE_PERIOD: Duration = Duration::from_secs(20);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A built, bound, not yet serving query server.
+#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     server: tonic::transport::Server,
-    service: service::Query,
+    service: grpc::GrpcQuery,
     pool: PgPool,
-    metrics_server: Option<MetricsServer>,
+    metrics: MetricsEndpoint,
 }
 
 impl Application {
     /// Connects (lazily) to the database and binds the gRPC and metrics ports.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let metrics = Metrics::new();
-        let server = MetricsServer::bind(&settings.metrics, metrics.clone()).await?;
-        let mut app = Self::build_with_metrics(settings, metrics).await?;
-        app.metrics_server = Some(server);
-        Ok(app)
+        let endpoint = MetricsEndpoint::bind(&settings.metrics).await?;
+        Self::build_on(settings, endpoint).await
     }
 
     /// [`build`](Self::build), recording into `metrics` and serving no `/metrics` of its own:
     /// for several services in one process, whose caller serves `metrics`.
     pub async fn build_with_metrics(settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
+        Self::build_on(settings, MetricsEndpoint::shared(metrics)).await
+    }
+
+    async fn build_on(settings: Settings, metrics: MetricsEndpoint) -> anyhow::Result<Self> {
         let pool = pool(&settings.database)?;
-        metrics.watch_pool(&pool);
-        let listener = grpc::bind(&settings.query.host, settings.query.port).await?;
-        // Keys are cached as long as ingest caches them: one bound on how long a revoked key works.
-        let auth = Authenticator::new(
-            pool.clone(),
-            Duration::from_millis(settings.ingest.auth_cache_ttl_ms),
-        );
-        let service = service::Query::new(pool.clone(), auth);
-        let server =
-            grpc::server(&settings.tls, Duration::from_millis(settings.query.request_timeout_ms))?;
-        Ok(Self { listener, server, service, pool, metrics_server: None })
+        metrics.metrics().watch_pool(&pool);
+        let listener = grpc_server::bind(&settings.query.host, settings.query.port).await?;
+        // The same cache bound as ingest's: one bound on how long a revoked key works.
+        let auth = Authenticator::new(pool.clone(), settings.auth_cache_ttl());
+        let service = grpc::GrpcQuery::new(Arc::new(core::Query::new(pool.clone())), auth);
+        let timeout = Duration::from_millis(settings.query.request_timeout_ms);
+        let server = grpc_server::server(&settings.tls, timeout)?;
+        Ok(Self { listener, server, service, pool, metrics })
     }
 
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
-        grpc::local_addr(&self.listener).port()
+        grpc_server::local_addr(&self.listener).port()
     }
 
     /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
     pub fn metrics_port(&self) -> Option<u16> {
-        self.metrics_server.as_ref().map(MetricsServer::port)
+        self.metrics.port()
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
     /// finish, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, mut server, service, pool, metrics_server } = self;
-        let metrics_server = metrics_server.map(MetricsServer::spawn);
+        let Self { listener, mut server, service, pool, metrics } = self;
+        let metrics_server = metrics.spawn();
         let health =
-            grpc::health("eye.v1.QueryService", pool, Default::default(), shutdown.clone()).await;
+            grpc_server::health("eye.v1.QueryService", pool, Default::default(), shutdown.clone())
+                .await;
         let server = server
             .add_service(health)
-            .add_service(grpc::reflection())
+            .add_service(grpc_server::reflection())
             .add_service(QueryServiceServer::new(service))
             .serve_with_incoming_shutdown(
-                grpc::incoming(listener),
+                grpc_server::incoming(listener),
                 shutdown.clone().cancelled_owned(),
             );
-        let served = grpc::drain_within(server, &shutdown, GRACE_PERIOD).await;
+        let served = grpc_server::drain_within(server, &shutdown, GRACE_PERIOD).await;
         tracing::info!("eye-query drained");
         if let Some(server) = metrics_server {
             server.stop().await;

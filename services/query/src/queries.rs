@@ -26,20 +26,15 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use event_model::{ApplicationId, Event, EventId, EventType, SessionId, batch};
+use eye_service::pipeline::{header, stage};
 use flush_event::Headers;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::{
-    VALIDATE_STAGE,
     error::QueryError,
     token::{Kind, Scope, ScopeBuilder},
 };
-
-/// The header marking outbox rows that replay quarantined events; the validator marks each
-/// replayed event's outcome when it sees it (`eye_validator::handler::REPLAY_HEADER`, the same
-/// string: the end-to-end replay tests hold the two together).
-pub const REPLAY_HEADER: &str = "eye-replay";
 
 /// Which stored events to read; `None`: no constraint.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -385,9 +380,10 @@ pub async fn replay_errors(
         .into_iter()
         .map(|((app, received_at), events)| batch::encode(ApplicationId(app), received_at, events))
         .collect();
-    let headers = Headers::from([(REPLAY_HEADER.to_owned(), "1".to_owned())]);
+    // The validator marks each replayed event's outcome when it sees this header.
+    let headers = Headers::from([(header::REPLAY.to_owned(), "1".to_owned())]);
     let batches =
-        flush_event::flush_events(&mut tx, VALIDATE_STAGE, bodies.iter().map(|b| (b, &headers)))
+        flush_event::flush_events(&mut tx, stage::VALIDATE, bodies.iter().map(|b| (b, &headers)))
             .await?;
     tx.commit().await?;
     Ok(Replayed { events, batches })

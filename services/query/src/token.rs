@@ -37,6 +37,12 @@ pub struct Scope([u8; 8]);
 /// input.
 pub struct ScopeBuilder(Sha256);
 
+impl std::fmt::Debug for ScopeBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopeBuilder").finish_non_exhaustive()
+    }
+}
+
 impl ScopeBuilder {
     pub fn new(kind: Kind) -> Self {
         let mut hasher = Sha256::new();

@@ -6,18 +6,20 @@ use std::{collections::BTreeMap, time::Duration};
 use chrono::{DateTime, Utc};
 use event_model::{ApplicationId, ErrorReason, Event, batch};
 use eye_proto::v1::EventBatch;
-use eye_service::settings::{UnknownTypePolicy, ValidatorSettings};
+use eye_service::{
+    pipeline::{channel, header, stage},
+    settings::{UnknownTypePolicy, ValidatorSettings},
+};
 use eye_telemetry::{
     metrics::{Metrics, ValidationMetrics},
     propagation,
 };
-use flush_event::{BatchReport, Claimed, Handler, Headers};
+use flush_event::{Claimed, Handler, Headers};
 use sqlx::PgConnection;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    VALIDATE_STAGE, WRITE_STAGE,
     registry::{self, Registry},
     rules::TimestampRules,
 };
@@ -26,12 +28,11 @@ use crate::{
 pub enum ValidatorError {
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("outbox: {0}")]
-    Outbox(#[from] flush_event::Error),
     #[error("{0} events in the batch do not decode")]
     Undecodable(usize),
 }
 
+#[derive(Debug)]
 pub struct Validator {
     rules: TimestampRules,
     unknown_type_policy: UnknownTypePolicy,
@@ -139,13 +140,13 @@ impl Quarantine {
         .bind(&self.message)
         .execute(&mut *conn)
         .await?;
-        sqlx::query("SELECT pg_notify('eye_stored', 'event_errors')").execute(conn).await?;
+        sqlx::query("SELECT pg_notify($1, 'event_errors')")
+            .bind(channel::STORED)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }
-
-/// The header on outbox rows that replay quarantined events (set by `eye-query`'s ReplayErrors).
-pub const REPLAY_HEADER: &str = "eye-replay";
 
 /// Replayed events that passed: their `event_errors` rows are marked `stored` in the hand-off
 /// that passes them to the writer. (Those that fail again are marked `still_invalid` by the
@@ -190,15 +191,8 @@ impl Handler for Validator {
     fn is_transient(&self, error: &ValidatorError) -> bool {
         match error {
             ValidatorError::Database(error) => flush_event::is_transient(error),
-            ValidatorError::Outbox(flush_event::Error::Database(error)) => {
-                flush_event::is_transient(error)
-            }
             _ => false,
         }
-    }
-
-    fn observe(&self, batch: &BatchReport<'_>) {
-        self.metrics.stage().observe_batch(batch);
     }
 
     async fn handle(
@@ -218,22 +212,20 @@ impl Handler for Validator {
         // open until the batch is written.
         let mut spans = Vec::with_capacity(rows.len());
         for row in rows {
-            let span = tracing::info_span!(
-                "validate",
-                otel.kind = "consumer",
-                row = row.id,
-                attempts = row.attempts,
-                events = row.body.events.len(),
+            let span = propagation::row_span(
+                stage::VALIDATE,
+                row.id,
+                row.attempts,
+                row.body.events.len(),
+                &row.headers,
             );
-            propagation::set_parent(&span, &row.headers);
-            propagation::link_to_span(&span, &tracing::Span::current());
             let entered = span.enter();
             let Ok((app, received_at)) = batch::decode_header(&row.body) else {
                 undecodable += row.body.events.len();
                 tracing::error!(row = row.id, "batch header does not decode");
                 continue;
             };
-            let replay = row.headers.contains_key(REPLAY_HEADER);
+            let replay = row.headers.contains_key(header::REPLAY);
             let mut passed = Vec::with_capacity(row.body.events.len());
             for event in row.body.events.iter().cloned() {
                 let Ok((event, _)) = batch::decode_event(event) else {
@@ -272,7 +264,7 @@ impl Handler for Validator {
             // (kept, with its body) rather than half-processed.
             return Err(ValidatorError::Undecodable(undecodable));
         }
-        flush_event::flush_events(conn, WRITE_STAGE, valid.iter().map(|(body, h)| (body, h)))
+        flush_event::flush_events(conn, stage::WRITE, valid.iter().map(|(body, h)| (body, h)))
             .await?;
         quarantine.insert(conn).await?;
         replayed.mark_stored(conn).await?;
@@ -285,7 +277,7 @@ impl Handler for Validator {
         // this (lease lost, commit failed) is redone and counted again: rare, and event_errors
         // holds the exact numbers.
         let events = rows.iter().map(|row| row.body.events.len()).sum();
-        self.metrics.stage().observe_events(VALIDATE_STAGE, events);
+        self.metrics.stage().observe_events(stage::VALIDATE, events);
         for ((reason, event_type), count) in errors {
             self.metrics.validation().quarantined(reason, event_type, count);
         }

@@ -12,84 +12,34 @@ pub mod handler;
 pub mod registry;
 pub mod rules;
 
-use std::sync::Arc;
+use eye_service::{
+    Settings,
+    consumer::{ConsumerService, Stage},
+    pipeline::stage,
+    settings::ConsumerSettings,
+};
+use eye_telemetry::metrics::Metrics;
+use sqlx::PgPool;
 
-use eye_service::{Settings, settings::ConsumerSettings};
-use eye_telemetry::metrics::{Metrics, MetricsServer, OUTBOX_SAMPLE_INTERVAL};
-use flush_event::{Outbox, OutboxConfig, Waker};
-use tokio_util::sync::CancellationToken;
+impl Stage for handler::Validator {}
 
-/// The outbox stage the validator consumes.
-pub const VALIDATE_STAGE: &str = "validate";
-/// The outbox stage the validator hands valid events to.
-pub const WRITE_STAGE: &str = "write";
-/// The stages whose depth, lag and dead letters the validator and the writer report, even when
-/// empty.
-pub const STAGES: &[&str] = &[VALIDATE_STAGE, WRITE_STAGE];
+/// The validator as a consumer of the stage `validate`.
+#[derive(Debug)]
+pub struct ValidatorService;
 
-/// Outbox settings from a consumer section.
-pub fn outbox_config(consumer: &ConsumerSettings) -> OutboxConfig {
-    use std::time::Duration;
-    OutboxConfig {
-        batch_size: consumer.batch_size,
-        lease: Duration::from_millis(consumer.lease_ms),
-        max_attempts: consumer.max_attempts,
-        backoff_base: Duration::from_millis(consumer.backoff_base_ms),
-        backoff_max: Duration::from_millis(consumer.backoff_max_ms),
-        poll_interval: Duration::from_millis(consumer.poll_interval_ms),
+impl ConsumerService for ValidatorService {
+    const STAGE: &'static str = stage::VALIDATE;
+    type Stage = handler::Validator;
+
+    fn consumer_settings(settings: &Settings) -> &ConsumerSettings {
+        &settings.validator.consumer
+    }
+
+    fn stage(settings: &Settings, _pool: &PgPool, metrics: &Metrics) -> handler::Validator {
+        handler::Validator::new(&settings.validator, metrics.clone())
     }
 }
 
-/// A built validator: `run_until_stopped` runs its claim loops.
-pub struct Application {
-    pool: sqlx::PgPool,
-    settings: Settings,
-    metrics: Metrics,
-    metrics_server: Option<MetricsServer>,
-}
-
-impl Application {
-    /// Connects (lazily) to the database and binds the metrics port.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let metrics = Metrics::new();
-        let server = MetricsServer::bind(&settings.metrics, metrics.clone()).await?;
-        let mut app = Self::build_with_metrics(settings, metrics).await?;
-        app.metrics_server = Some(server);
-        Ok(app)
-    }
-
-    /// [`build`](Self::build), recording into `metrics` and serving no `/metrics` of its own:
-    /// for several services in one process (`eye dev`), whose caller serves `metrics`.
-    pub async fn build_with_metrics(settings: Settings, metrics: Metrics) -> anyhow::Result<Self> {
-        let pool = eye_service::database::pool(&settings.database)?;
-        metrics.watch_pool(&pool);
-        Ok(Self { pool, settings, metrics, metrics_server: None })
-    }
-
-    /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
-    pub fn metrics_port(&self) -> Option<u16> {
-        self.metrics_server.as_ref().map(MetricsServer::port)
-    }
-
-    /// Runs `validator.consumer.concurrency` claim loops until `shutdown`; each finishes the batch
-    /// in hand before returning.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let metrics_server = self.metrics_server.map(MetricsServer::spawn);
-        self.metrics.sample_outbox(
-            self.pool.clone(),
-            STAGES,
-            OUTBOX_SAMPLE_INTERVAL,
-            shutdown.clone(),
-        );
-        let consumer = &self.settings.validator.consumer;
-        let outbox = Outbox::new(self.pool.clone(), VALIDATE_STAGE, outbox_config(consumer));
-        let waker = Waker::listen(&self.pool, shutdown.clone());
-        let handler =
-            Arc::new(handler::Validator::new(&self.settings.validator, self.metrics.clone()));
-        flush_event::run_workers(outbox, handler, waker, consumer.concurrency, shutdown).await;
-        if let Some(server) = metrics_server {
-            server.stop().await;
-        }
-        Ok(())
-    }
-}
+/// A built validator: `build(settings)` (or `build_with_metrics`), then `run_until_stopped`
+/// runs `validator.consumer.concurrency` claim loops, each finishing the batch in hand.
+pub type Application = eye_service::consumer::Application<ValidatorService>;

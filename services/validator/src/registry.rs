@@ -22,6 +22,25 @@ pub struct Registry {
     schemas: HashMap<EventType, Arc<Schema>>,
 }
 
+/// The generation and the number of types (compiled validators have no useful `Debug`).
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("generation", &self.generation)
+            .field("types", &self.schemas.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schema")
+            .field("version", &self.version)
+            .field("compiled", &self.validator.is_ok())
+            .finish()
+    }
+}
+
 impl Registry {
     /// Reloads the latest version of every type if the registry changed since the last load.
     pub async fn refresh(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {

@@ -2,14 +2,15 @@
 
 use event_model::batch;
 use eye_proto::v1::EventBatch;
+use eye_service::{consumer::Stage, pipeline::stage};
 use eye_telemetry::{metrics::Metrics, propagation};
-use flush_event::{BatchReport, Claimed, Handler};
+use flush_event::{Claimed, Handler};
 use sqlx::{PgConnection, PgPool};
 
-use crate::{
-    WRITE_STAGE,
-    store::{self, Partitions, Rows},
-};
+use crate::store::{self, Partitions, Rows};
+
+/// Partitions made ahead of need at start-up: this month's and the next two.
+const MONTHS_AHEAD: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -19,6 +20,7 @@ pub enum WriterError {
     Undecodable(#[from] batch::DecodeError),
 }
 
+#[derive(Debug)]
 pub struct Writer {
     pool: PgPool,
     partitions: Partitions,
@@ -28,6 +30,12 @@ pub struct Writer {
 impl Writer {
     pub fn new(pool: PgPool, partitions: Partitions, metrics: Metrics) -> Self {
         Self { pool, partitions, metrics }
+    }
+}
+
+impl Stage for Writer {
+    async fn prepare(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        self.partitions.ensure_ahead(pool, MONTHS_AHEAD).await
     }
 }
 
@@ -46,10 +54,6 @@ impl Handler for Writer {
         }
     }
 
-    fn observe(&self, batch: &BatchReport<'_>) {
-        self.metrics.stage().observe_batch(batch);
-    }
-
     async fn handle(
         &self,
         conn: &mut PgConnection,
@@ -60,15 +64,13 @@ impl Handler for Writer {
         // `traceparent`), kept open until the batch is written.
         let mut spans = Vec::with_capacity(rows.len());
         for row in rows {
-            let span = tracing::info_span!(
-                "write",
-                otel.kind = "consumer",
-                row = row.id,
-                attempts = row.attempts,
-                events = row.body.events.len(),
+            let span = propagation::row_span(
+                stage::WRITE,
+                row.id,
+                row.attempts,
+                row.body.events.len(),
+                &row.headers,
             );
-            propagation::set_parent(&span, &row.headers);
-            propagation::link_to_span(&span, &tracing::Span::current());
             let entered = span.enter();
             let (app, received_at) = batch::decode_header(&row.body)?;
             for event in row.body.events.iter().cloned() {
@@ -95,7 +97,7 @@ impl Handler for Writer {
         }
         let stored = store::insert(conn, &columns).await?;
         tracing::debug!(rows = rows.len(), events = columns.len(), stored, "batch written");
-        self.metrics.stage().observe_events(WRITE_STAGE, columns.len());
+        self.metrics.stage().observe_events(stage::WRITE, columns.len());
         drop(spans);
         Ok(())
     }

@@ -3,6 +3,7 @@
 use std::{collections::HashSet, sync::Mutex};
 
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
+use eye_service::pipeline::channel;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -116,6 +117,6 @@ pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::E
     .bind(&rows.schema_version)
     .fetch_one(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify('eye_stored', 'events')").execute(conn).await?;
+    sqlx::query("SELECT pg_notify($1, 'events')").bind(channel::STORED).execute(conn).await?;
     Ok(stored as u64)
 }

@@ -83,22 +83,18 @@ async fn a_stream_that_sends_headers_and_stalls_is_cut_off() {
 async fn unknown_keys_are_answered_from_the_negative_cache() {
     let db = TestDb::new().await;
     let auth = Authenticator::new(db.pool.clone(), Duration::from_secs(60));
-    let metadata = |key: &str| {
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert("authorization", format!("Bearer {key}").parse().unwrap());
-        metadata
-    };
+    let bearer = |key: &str| format!("Bearer {key}");
     let unknown = format!("eye_{}", "0f".repeat(32));
-    let first = auth.authenticate(&metadata(&unknown), Role::Ingest).await;
+    let first = auth.authenticate(Some(&bearer(&unknown)), Role::Ingest).await;
     assert!(matches!(first, Err(AuthError::Invalid)), "{first:?}");
     // No database any more: only the cache can answer now.
     db.pool.close().await;
     for _ in 0..1_000 {
-        let again = auth.authenticate(&metadata(&unknown), Role::Ingest).await;
+        let again = auth.authenticate(Some(&bearer(&unknown)), Role::Ingest).await;
         assert!(matches!(again, Err(AuthError::Invalid)), "{again:?}");
     }
     // A key never seen before does need the database, which proves the cache answered above.
     let other = format!("eye_{}", "1e".repeat(32));
-    let fresh = auth.authenticate(&metadata(&other), Role::Ingest).await;
+    let fresh = auth.authenticate(Some(&bearer(&other)), Role::Ingest).await;
     assert!(matches!(fresh, Err(AuthError::Unavailable(_))), "{fresh:?}");
 }

@@ -6,7 +6,6 @@ mod hostile;
 mod limits;
 mod metrics;
 mod poison;
-mod query;
 mod tls;
 
 use std::time::Duration;

@@ -7,6 +7,7 @@ use eye_e2e::{
     scrape_metrics,
 };
 use eye_proto::v1::SendEventsRequest;
+use eye_service::pipeline::stage;
 use eye_test_support::{TestDb, wait_for};
 use serde_json::json;
 use tonic::Code;
@@ -94,7 +95,7 @@ async fn every_service_exports_its_metrics() {
         }
     };
     let (validated, validator) = wait_for(&db.pool, TIMEOUT, "validator metrics", || {
-        stage_reported("validator", "validate")
+        stage_reported("validator", stage::VALIDATE)
     })
     .await;
     assert_eq!(validated, 4.0, "every accepted event validated once");
@@ -107,7 +108,7 @@ async fn every_service_exports_its_metrics() {
     );
     assert!(value(&validator, "eye_stage_batch_rows_count{stage=\"validate\"}") >= 1.0);
     // Sampled from the database in the background, for both stages, even when empty.
-    for stage in ["validate", "write"] {
+    for stage in stage::ALL {
         for family in
             ["eye_outbox_depth", "eye_outbox_oldest_age_seconds", "eye_outbox_dead_letters"]
         {
@@ -117,7 +118,8 @@ async fn every_service_exports_its_metrics() {
     assert!(!validator.contains("eye_events_accepted"), "only the validator's: {validator}");
 
     let (written, writer) =
-        wait_for(&db.pool, TIMEOUT, "writer metrics", || stage_reported("writer", "write")).await;
+        wait_for(&db.pool, TIMEOUT, "writer metrics", || stage_reported("writer", stage::WRITE))
+            .await;
     assert_eq!(written, 3.0, "the valid events written once");
     value(&writer, "eye_outbox_depth{stage=\"write\"}");
     value(&writer, "eye_db_connections_max");

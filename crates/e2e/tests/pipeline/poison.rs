@@ -1,5 +1,6 @@
 //! Poison: one event the database refuses must not sink or stall its batch-mates.
 
+use eye_service::pipeline::stage;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -34,7 +35,7 @@ async fn a_poison_event_is_split_off_retried_and_dead_lettered_alone() {
     let poison_id = events[6].0.event_id;
     let body = batch::encode(ApplicationId(app), Utc::now(), events);
     let mut tx = db.pool.begin().await.unwrap();
-    flush_event::flush_event(&mut tx, "write", &body, &Default::default()).await.unwrap();
+    flush_event::flush_event(&mut tx, stage::WRITE, &body, &Default::default()).await.unwrap();
     tx.commit().await.unwrap();
 
     let pipeline = Pipeline::start(&db, 0, 1).await;
@@ -51,7 +52,7 @@ async fn a_poison_event_is_split_off_retried_and_dead_lettered_alone() {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-    assert_eq!(stage, "write");
+    assert_eq!(stage, stage::WRITE);
     assert_eq!(attempts, 5, "retried up to max_attempts, alone");
     assert!(last_error.contains("Unicode"), "the database's reason is kept: {last_error}");
     let dead = EventBatch::decode(body.as_slice()).unwrap();

@@ -9,6 +9,7 @@
 use chrono::Utc;
 use eye_e2e::{Pipeline, authorized, count, create_key, event, register_example_schemas};
 use eye_proto::v1::SendEventsRequest;
+use eye_service::pipeline::stage;
 use eye_service::settings::TelemetrySettings;
 use eye_test_support::{TestDb, wait_for};
 use opentelemetry::trace::SpanId;
@@ -85,9 +86,9 @@ async fn one_trace_follows_a_request_through_the_outbox() {
         .expect("ingest's span is in the client's trace");
     assert_eq!(request.parent_span_id.to_string(), CLIENT_SPAN_ID);
     assert!(request.parent_span_is_remote);
-    let validate = child(&spans, request, "validate");
+    let validate = child(&spans, request, stage::VALIDATE);
     assert!(validate.parent_span_is_remote, "the parent came through the outbox row");
-    let write = child(&spans, validate, "write");
+    let write = child(&spans, validate, stage::WRITE);
     assert!(write.parent_span_is_remote);
 
     // The client that sent no trace context: the trace starts at ingest and still reaches the
@@ -97,7 +98,7 @@ async fn one_trace_follows_a_request_through_the_outbox() {
         .find(|s| s.name == "SendEvents" && s.span_context.trace_id().to_string() != TRACE_ID)
         .expect("the second request's span");
     assert_eq!(untraced.parent_span_id, SpanId::INVALID);
-    child(&spans, child(&spans, untraced, "validate"), "write");
+    child(&spans, child(&spans, untraced, stage::VALIDATE), stage::WRITE);
 
     // Batch-level work has traces of its own, linked to the requests and rows it served.
     assert!(

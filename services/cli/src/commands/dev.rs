@@ -11,12 +11,15 @@
 //! 5. Everything runs until SIGINT/SIGTERM, then drains; a service failing stops the others.
 
 use anyhow::Context;
+use eye_service::http::{self, HttpListener};
 use eye_service::{Settings, auth::Role};
-use eye_telemetry::metrics::{Metrics, MetricsServer};
+use eye_telemetry::metrics::Metrics;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{apps, migrate, schemas};
+use eye_admin::{apps, schemas};
+
+use super::migrate;
 use crate::database::{self, Source};
 
 /// The application `eye dev` issues keys for.
@@ -28,12 +31,13 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let source = database::resolve(&mut settings).await?;
     let pool = database::connect(&settings.database).await?;
     migrate::migrate(&pool).await?;
-    let registered = schemas::register_examples(&pool).await?;
+    let registered = schemas::register_examples(&pool).await.map_err(database::admin)?;
 
     // One process, one `/metrics` for all the services.
     let metrics = Metrics::new();
-    let metrics_server =
-        MetricsServer::bind(&settings.metrics, metrics.clone()).await.with_context(|| {
+    let metrics_server = HttpListener::bind(&settings.metrics.host, settings.metrics.port)
+        .await
+        .with_context(|| {
             format!(
                 "cannot serve metrics on {}:{} (EYE__METRICS__PORT=0 picks a free port)",
                 settings.metrics.host, settings.metrics.port
@@ -62,14 +66,17 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let query_port = query.port();
     let validator =
         eye_validator::Application::build_with_metrics(settings.clone(), metrics.clone()).await?;
-    let writer = eye_writer::Application::build_with_metrics(settings.clone(), metrics).await?;
+    let writer =
+        eye_writer::Application::build_with_metrics(settings.clone(), metrics.clone()).await?;
+    let metrics_registry = metrics;
     if shutdown.is_cancelled() {
         // Stopped while starting: issue no key nobody will see.
         return Ok(());
     }
 
-    let issued =
-        apps::ensure_and_issue_key(&pool, DEV_APPLICATION, &[Role::Ingest, Role::Read]).await?;
+    let issued = apps::ensure_and_issue_key(&pool, DEV_APPLICATION, &[Role::Ingest, Role::Read])
+        .await
+        .map_err(database::admin)?;
     pool.close().await;
 
     let endpoint = format!("http://127.0.0.1:{port}");
@@ -105,12 +112,16 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
 
     let mut services = JoinSet::new();
     services.spawn(named("ingest", ingest.run_until_stopped(shutdown.clone())));
-    services.spawn(named("validator", validator.run_until_stopped(shutdown.clone())));
-    services.spawn(named("writer", writer.run_until_stopped(shutdown.clone())));
+    let token = shutdown.clone();
+    services
+        .spawn(named("validator", async move { Ok(validator.run_until_stopped(token).await?) }));
+    let token = shutdown.clone();
+    services.spawn(named("writer", async move { Ok(writer.run_until_stopped(token).await?) }));
     services.spawn(named("query", query.run_until_stopped(shutdown.clone())));
     let stop_metrics = shutdown.clone();
+    let routes = http::metrics_routes(metrics_registry);
     services.spawn(named("metrics", async move {
-        Ok(metrics_server.run_until_stopped(stop_metrics).await?)
+        Ok(metrics_server.serve(routes, stop_metrics, http::GRACE_PERIOD).await?)
     }));
     let first_error = supervise(&mut services, &shutdown).await;
     match first_error {

@@ -1,17 +1,15 @@
-//! `eye dlq list|replay`: the outbox's dead letters, through `flush_event::admin`.
+//! `eye dlq list|replay`: the outbox's dead letters, through `eye_admin::dead_letters`.
 
-use anyhow::bail;
+use eye_admin::dead_letters::{self, Selection};
 use sqlx::PgPool;
 
-use crate::{cli::DlqCommand, commands::format_time, table};
+use crate::{cli::DlqCommand, commands::format_time, database, table};
 
 pub async fn run(pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
     match command {
         DlqCommand::List { stage, limit } => {
-            if limit < 1 {
-                bail!("--limit must be at least 1");
-            }
-            let dead = flush_event::admin::list_dead_letters(pool, stage.as_deref(), limit).await?;
+            let dead =
+                dead_letters::list(pool, stage.as_deref(), limit).await.map_err(database::admin)?;
             if dead.is_empty() {
                 println!("no dead letters");
                 return Ok(());
@@ -35,11 +33,11 @@ pub async fn run(pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DlqCommand::Replay { stage, ids, all } => {
-            if ids.is_empty() && !all {
-                bail!("name dead letters with --id ID (repeatable), or replay them all with --all");
-            }
-            let replayed =
-                flush_event::admin::replay_dead_letters(pool, stage.as_deref(), &ids).await?;
+            let selection =
+                if all && ids.is_empty() { Selection::All } else { Selection::Ids(ids) };
+            let replayed = dead_letters::replay(pool, stage.as_deref(), &selection)
+                .await
+                .map_err(database::admin)?;
             println!("{replayed} dead letter(s) replayed into their stage");
             Ok(())
         }

@@ -9,13 +9,13 @@
 //! holds payloads that are not valid JSON.
 
 use chrono::{DateTime, Utc};
+use eye_client::{self as client, ConnectError, QueryClient};
 use eye_proto::v1::{EventError, ReplayOutcome, StoredEvent};
 use serde_json::{Value, json};
 use tonic::{Code, Status};
 
 use crate::{
     cli::QueryArgs,
-    client::{self, ConnectError, QueryClient},
     time::{format_millis, format_precise},
 };
 

@@ -18,7 +18,9 @@ use eye_proto::v1::{ErrorFilter, ReplayErrorsRequest, ReplayOutcome};
 use serde_json::json;
 
 use super::{errors, read};
-use crate::{cli::ReplayArgs, client::QueryClient};
+use eye_client::QueryClient;
+
+use crate::cli::ReplayArgs;
 
 /// Errors replayed per call (and per transaction) when selecting by filter.
 pub const PER_CALL: u64 = 1_000;

@@ -5,13 +5,11 @@
 
 use anyhow::bail;
 use chrono::Utc;
+use eye_client::{self as client, Client};
 use eye_proto::v1::{Event, EventStatus};
 use uuid::Uuid;
 
-use crate::{
-    cli::SendArgs,
-    client::{self, Client},
-};
+use crate::cli::SendArgs;
 
 /// Runs `eye send`.
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {

@@ -1,5 +1,6 @@
 //! The real `eye` binary, run as a process against a fresh database per test.
 
+use eye_service::pipeline::stage;
 use std::{path::PathBuf, process::ExitStatus};
 
 use eye_test_support::TestDb;
@@ -338,7 +339,8 @@ async fn send_reaches_a_real_ingest_server() {
     let run = send(key.clone(), r#"{"a":1}"#).await.success();
     assert!(run.stdout.contains("ACCEPTED"), "{}", run.stdout);
     assert!(!run.stdout.contains(&key) && !run.stderr.contains(&key));
-    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stage = 'validate'")
+    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stage = $1")
+        .bind(stage::VALIDATE)
         .fetch_one(&db.pool)
         .await
         .unwrap();
@@ -377,7 +379,7 @@ async fn dlq_lists_and_replays_dead_letters() {
     .await
     .unwrap();
 
-    let listed = eye(&db.url, &["dlq", "list", "--stage", "write"]).await.success();
+    let listed = eye(&db.url, &["dlq", "list", "--stage", stage::WRITE]).await.success();
     assert!(listed.stdout.contains("41") && listed.stdout.contains("unsupported Unicode"));
     assert!(!listed.stdout.contains("undecodable"), "filtered by stage: {}", listed.stdout);
 
@@ -388,7 +390,7 @@ async fn dlq_lists_and_replays_dead_letters() {
     assert!(replayed.stdout.contains("1 dead letter(s) replayed"), "{}", replayed.stdout);
     let (stage, attempts): (String, i32) =
         sqlx::query_as("SELECT stage, attempts FROM outbox").fetch_one(&db.pool).await.unwrap();
-    assert_eq!((stage.as_str(), attempts), ("write", 0), "back in its stage, attempts reset");
+    assert_eq!((stage.as_str(), attempts), (stage::WRITE, 0), "back in its stage, attempts reset");
     let left: Vec<i64> =
         sqlx::query_scalar("SELECT id FROM outbox_dead_letters").fetch_all(&db.pool).await.unwrap();
     assert_eq!(left, [42]);

@@ -2,10 +2,11 @@
 //! server: the real `eye` binary against real ingest, validator, writer and query servers on free
 //! ports, over a fresh database.
 
+use eye_service::pipeline::stage;
 use std::{process::Stdio, time::Duration};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use eye_cli::client::{Client, event_at};
+use eye_client::{Client, event_at};
 use eye_e2e::{Pipeline, count, register_example_schemas};
 use eye_test_support::{TestDb, wait_for};
 use serde_json::Value;
@@ -267,7 +268,7 @@ async fn read_commands_show_what_send_stored_and_replay_fixes_errors() {
     // Stats over the last hour.
     let run = reader.run(&["stats"]).await.success();
     assert!(run.stdout.contains("5 events stored, 1 errors"), "{}", run.stdout);
-    assert!(run.stdout.contains("validate") && run.stdout.contains("write"), "{}", run.stdout);
+    assert!(stage::ALL.iter().all(|stage| run.stdout.contains(stage)), "{}", run.stdout);
     let lines = reader.json(&["stats", "--window", "2h"]).await;
     assert_eq!(kinds(&lines), ["stats"]);
     let stats = &lines[0];
@@ -276,7 +277,7 @@ async fn read_commands_show_what_send_stored_and_replay_fixes_errors() {
     assert_eq!(stats["window_seconds"], 7_200);
     let stages: Vec<&str> =
         stats["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
-    assert_eq!(stages, ["validate", "write"]);
+    assert_eq!(stages, stage::ALL);
     let run = reader.run(&["stats", "--window", "8d"]).await.failure();
     assert!(run.stderr.contains("7 days"), "{}", run.stderr);
 

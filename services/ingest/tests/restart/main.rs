@@ -2,6 +2,7 @@
 //! and replaced, three times, while a retrying client keeps sending. Every acknowledged event
 //! must be durable; each old process must drain and exit cleanly.
 
+use eye_service::auth::Role;
 use std::{collections::HashSet, process::Stdio, time::Duration};
 
 use eye_proto::v1::{
@@ -27,21 +28,7 @@ fn spawn_ingest(db: &TestDb, port: u16) -> Child {
 }
 
 async fn create_key(db: &TestDb) -> String {
-    let app = Uuid::new_v4();
-    let (key, hash) = eye_service::auth::generate_key();
-    sqlx::query("INSERT INTO applications (id, name) VALUES ($1, 'shop')")
-        .bind(app)
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO api_keys (id, application_id, key_hash) VALUES ($1, $2, $3)")
-        .bind(Uuid::new_v4())
-        .bind(app)
-        .bind(&hash[..])
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    key
+    eye_admin::apps::create(&db.pool, "shop", &[Role::Ingest]).await.unwrap().key
 }
 
 fn batch(n: usize) -> SendEventsRequest {

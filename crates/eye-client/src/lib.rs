@@ -1,4 +1,7 @@
-//! Reusable clients of The Eye's gRPC services, authenticated with an API key:
+//! `eye-client`: the Rust client of The Eye's gRPC services, authenticated with an API key. It
+//! depends on the generated client stubs (`eye-proto` with feature `client`), tonic and tokio
+//! only: no service crate, no database driver.
+//!
 //! - [`Client`] sends events to `eye.v1.IngestService` and gets one [`EventResult`] per event, in
 //!   order;
 //! - [`QueryClient`] reads `eye.v1.QueryService` (a key with the `read` role): events, sessions,
@@ -6,7 +9,7 @@
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {
-//! use eye_cli::client::{Client, QueryClient, event};
+//! use eye_client::{Client, QueryClient, event};
 //! use eye_proto::v1::EventFilter;
 //!
 //! let client = Client::connect("http://127.0.0.1:50051", "eye_...").await?;
@@ -87,10 +90,7 @@ impl Client {
     /// as a whole (bad key, over the limits, server unavailable) is an `Err`.
     pub async fn send(&self, events: Vec<Event>) -> Result<Vec<EventResult>, Status> {
         let count = events.len();
-        let request = SendEventsRequest {
-            events,
-            sent_at: Some(event_model::envelope::to_timestamp(Utc::now())),
-        };
+        let request = SendEventsRequest { events, sent_at: Some(to_timestamp(Utc::now())) };
         let request = authorized(request, &self.authorization);
         let results = self.inner.clone().send_events(request).await?.into_inner().results;
         if results.len() != count {
@@ -317,8 +317,13 @@ pub fn event_at(
         category: category.to_owned(),
         name: name.to_owned(),
         data_json: data_json.to_owned(),
-        timestamp: Some(event_model::envelope::to_timestamp(at)),
+        timestamp: Some(to_timestamp(at)),
     }
+}
+
+/// A `DateTime` as a protobuf timestamp.
+fn to_timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
 
 /// `ACCEPTED`, `DUPLICATE`, `REJECTED` or `UNSPECIFIED` (also for values this client does not

@@ -1,21 +1,17 @@
-//! The `SendEvents` handler.
-
-use std::time::Duration;
+//! The transport-free ingest core: one call takes the request's credentials, its trace context
+//! and the batch, and answers per event. The gRPC adapter ([`crate::grpc`]) and, next, the HTTP
+//! adapter call it, so an event gets the same answer whichever way it came: batch limits, the
+//! per-event envelope rules, group commit and duplicate detection are written once, here.
 
 use event_model::{ApplicationId, Limits, PayloadLimits, envelope};
-use eye_proto::v1::{
-    EventResult, EventStatus, SendEventsRequest, SendEventsResponse,
-    ingest_service_server::IngestService,
-};
+use eye_proto::v1::{EventResult, EventStatus, SendEventsRequest, SendEventsResponse};
 use eye_service::{
-    auth::{Authenticator, Role},
+    auth::{Authenticator, Principal, Role},
     settings::IngestSettings,
 };
 use eye_telemetry::{metrics::Metrics, propagation};
 use flush_event::Headers;
 use prost::Message;
-use tonic::{Request, Response, Status, metadata::MetadataMap};
-use tracing::Instrument;
 
 use crate::{
     backpressure::Backpressure,
@@ -23,29 +19,16 @@ use crate::{
     error::IngestError,
 };
 
-/// The W3C trace context a client sent as gRPC metadata (`traceparent`, `tracestate`).
-fn trace_context(metadata: &MetadataMap) -> Headers {
-    propagation::FIELDS
-        .iter()
-        .filter_map(|name| {
-            let value = metadata.get(*name)?.to_str().ok()?;
-            Some((name.to_string(), value.to_owned()))
-        })
-        .collect()
-}
-
 /// The headers of the request's outbox row: the context of the current (`SendEvents`) span, so
 /// the trace continues downstream even when the client sent none; without an OpenTelemetry
 /// layer, the client's own trace context as it came.
-fn outbox_headers(metadata: &MetadataMap) -> Headers {
+fn outbox_headers(client: Headers) -> Headers {
     let mut headers = Headers::new();
-    if propagation::inject(&tracing::Span::current(), &mut headers) {
-        headers
-    } else {
-        trace_context(metadata)
-    }
+    if propagation::inject(&tracing::Span::current(), &mut headers) { headers } else { client }
 }
 
+/// The ingest core. Cheap to share (`Arc`); every transport adapter holds the same one.
+#[derive(Debug)]
 pub struct Ingest {
     metrics: Metrics,
     auth: Authenticator,
@@ -79,25 +62,38 @@ impl Ingest {
         }
     }
 
-    async fn send_events(
+    /// Answers one `SendEvents` batch: refuses at once under back-pressure, authenticates the
+    /// request's `authorization` value (`Bearer <key>`) for the ingest role, then
+    /// [`send_as`](Self::send_as). `trace` is the W3C trace context the client sent
+    /// (`traceparent`, `tracestate`), as a text map.
+    pub async fn send(
         &self,
-        request: Request<SendEventsRequest>,
+        authorization: Option<&str>,
+        trace: Headers,
+        request: SendEventsRequest,
     ) -> Result<SendEventsResponse, IngestError> {
-        let result = self.try_send_events(request).await;
+        let result = async {
+            self.backpressure.check()?;
+            let principal = self.auth.authenticate(authorization, Role::Ingest).await?;
+            self.send_as(&principal, trace, request).await
+        }
+        .await;
         if let Err(error) = &result {
             self.backpressure.observe(error);
         }
         result
     }
 
-    async fn try_send_events(
+    /// Answers a batch of an already authenticated `principal`: checks the batch limits and
+    /// each event's envelope, commits the accepted events (group commit), and answers
+    /// `results[i]` for `events[i]`: ACCEPTED, DUPLICATE, or REJECTED with a reason.
+    pub async fn send_as(
         &self,
-        request: Request<SendEventsRequest>,
+        principal: &Principal,
+        trace: Headers,
+        request: SendEventsRequest,
     ) -> Result<SendEventsResponse, IngestError> {
-        self.backpressure.check()?;
-        let principal = self.auth.authenticate(request.metadata(), Role::Ingest).await?;
-        let headers = outbox_headers(request.metadata());
-        let request = request.into_inner();
+        let headers = outbox_headers(trace);
         if request.events.is_empty() {
             return Err(IngestError::EmptyBatch);
         }
@@ -158,48 +154,5 @@ impl Ingest {
         let accepted = results.len() - duplicate - rejected.len();
         self.metrics.ingest().record_response(accepted as u64, duplicate as u64, &rejected);
         Ok(SendEventsResponse { results })
-    }
-}
-
-#[tonic::async_trait]
-impl IngestService for Ingest {
-    async fn send_events(
-        &self,
-        request: Request<SendEventsRequest>,
-    ) -> Result<Response<SendEventsResponse>, Status> {
-        let started = std::time::Instant::now();
-        let span = tracing::info_span!(
-            "SendEvents",
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = "eye.v1.IngestService",
-            rpc.method = "SendEvents",
-            rpc.grpc.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            events = request.get_ref().events.len(),
-        );
-        // Before the span is entered: a started span's parent is fixed.
-        propagation::set_parent(&span, &trace_context(request.metadata()));
-        let answer = async { Ingest::send_events(self, request).await.map_err(Status::from) }
-            .instrument(span.clone())
-            .await;
-        let code = answer.as_ref().map_or_else(|status| status.code(), |_| tonic::Code::Ok);
-        span.record("rpc.grpc.status_code", code as i32);
-        // As OpenTelemetry's gRPC conventions say: a server span fails on the server's faults,
-        // not on the client's (INVALID_ARGUMENT, UNAUTHENTICATED, ...).
-        use tonic::Code::{
-            DataLoss, DeadlineExceeded, Internal, Unavailable, Unimplemented, Unknown,
-        };
-        if matches!(
-            code,
-            Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss
-        ) {
-            span.record("otel.status_code", "error");
-        }
-        let elapsed: Duration = started.elapsed();
-        self.metrics.ingest().observe_request(eye_service::grpc::code_name(code), elapsed);
-        let response = answer?;
-        tracing::debug!(parent: &span, elapsed_ms = elapsed.as_millis() as u64, "batch acknowledged");
-        Ok(Response::new(response))
     }
 }

@@ -1,0 +1,201 @@
+//! The transport-free query core: each read-path call takes a protobuf request, checks it
+//! ([`request`](crate::request)), runs the SQL ([`queries`]) and builds the protobuf answer
+//! ([`response`](crate::response)). The gRPC adapter ([`crate::grpc`]) authenticates and calls
+//! it; an HTTP handler or a console page calls the same functions, so no rule is written twice.
+
+use chrono::{DateTime, Utc};
+use eye_proto::v1 as pb;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    error::QueryError,
+    queries::{self, ErrorFilter, EventFilter},
+    request::{
+        data_contains, error_ids, event_position, page_size, reason, replay_limit, replay_outcomes,
+        stats_window, text, time_range, uuid,
+    },
+    response::{error_message, event_message, page, session_message, stats_message},
+    token::{self, Kind, Position, TokenError},
+};
+
+/// The read path over one pool. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Query {
+    pool: PgPool,
+}
+
+impl Query {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn list_events(
+        &self,
+        request: pb::ListEventsRequest,
+    ) -> Result<pb::ListEventsResponse, QueryError> {
+        let page_size = page_size(request.page_size)?;
+        let filter = self.event_filter(request.filter.unwrap_or_default()).await?;
+        let scope = filter.scope(Kind::Events);
+        let after = event_position(&request.page_token, Kind::Events, scope)?;
+        let (events, next_page_token) =
+            self.events_page(&filter, Kind::Events, page_size, after).await?;
+        Ok(pb::ListEventsResponse { events, next_page_token })
+    }
+
+    pub async fn get_session(
+        &self,
+        request: pb::GetSessionRequest,
+    ) -> Result<pb::GetSessionResponse, QueryError> {
+        let page_size = page_size(request.page_size)?;
+        let session_id = uuid("session_id", &request.session_id)?
+            .ok_or_else(|| QueryError::invalid("session_id", "required"))?;
+        let filter = EventFilter { session_id: Some(session_id), ..EventFilter::default() };
+        let after =
+            event_position(&request.page_token, Kind::Session, filter.scope(Kind::Session))?;
+        let session = queries::session(&self.pool, session_id)
+            .await?
+            .ok_or_else(|| QueryError::NotFound(format!("session {session_id}")))?;
+        let (events, next_page_token) =
+            self.events_page(&filter, Kind::Session, page_size, after).await?;
+        Ok(pb::GetSessionResponse {
+            session: Some(session_message(&session)),
+            events,
+            next_page_token,
+        })
+    }
+
+    pub async fn list_errors(
+        &self,
+        request: pb::ListErrorsRequest,
+    ) -> Result<pb::ListErrorsResponse, QueryError> {
+        let page_size = page_size(request.page_size)?;
+        let filter = self.error_filter(request.filter.unwrap_or_default()).await?;
+        let scope = filter.scope();
+        let before = match request.page_token.as_str() {
+            "" => None,
+            text => match token::decode(text, Kind::Errors, scope)? {
+                Position::Error { id } => Some(id),
+                Position::Event { .. } => return Err(TokenError::Garbled.into()),
+            },
+        };
+        let rows =
+            queries::list_errors(&self.pool, &filter, before, i64::from(page_size) + 1).await?;
+        let (errors, last) = page(rows, page_size, error_message);
+        let next_page_token = last
+            .map(|row| token::encode(Kind::Errors, scope, Position::Error { id: row.id }))
+            .unwrap_or_default();
+        let counts = queries::error_counts(&self.pool, &filter)
+            .await?
+            .into_iter()
+            .map(|(reason, count)| pb::ReasonCount { reason, count })
+            .collect();
+        Ok(pb::ListErrorsResponse { errors, next_page_token, counts })
+    }
+
+    pub async fn replay_errors(
+        &self,
+        request: pb::ReplayErrorsRequest,
+    ) -> Result<pb::ReplayErrorsResponse, QueryError> {
+        let limit = replay_limit(request.limit)?;
+        error_ids(&request.error_ids)?;
+        let filter = self.error_filter(request.filter.unwrap_or_default()).await?;
+        if request.error_ids.is_empty() && filter.is_empty() {
+            return Err(QueryError::invalid(
+                "error_ids",
+                "give error ids or at least one filter field (an empty selection would replay \
+                 every error)",
+            ));
+        }
+        let replayed =
+            queries::replay_errors(&self.pool, &request.error_ids, &filter, i64::from(limit))
+                .await?;
+        tracing::info!(events = replayed.events, batches = replayed.batches, "errors replayed");
+        Ok(pb::ReplayErrorsResponse {
+            replayed: replayed.events as i64,
+            batches: replayed.batches as i64,
+        })
+    }
+
+    pub async fn get_stats(
+        &self,
+        request: pb::GetStatsRequest,
+    ) -> Result<pb::GetStatsResponse, QueryError> {
+        let window = stats_window(request.window)?;
+        let since = Utc::now() - chrono::Duration::from_std(window).expect("at most 7 days");
+        let stats = queries::stats(&self.pool, since).await?;
+        Ok(stats_message(stats, since))
+    }
+
+    /// One page of events after `after`: `page_size` at most (fewer if the page would pass
+    /// [`MAX_PAGE_BYTES`]), and the token of the next page if there is one.
+    async fn events_page(
+        &self,
+        filter: &EventFilter,
+        kind: Kind,
+        page_size: i32,
+        after: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<(Vec<pb::StoredEvent>, String), QueryError> {
+        let scope = filter.scope(kind);
+        let rows =
+            queries::list_events(&self.pool, filter, after, i64::from(page_size) + 1).await?;
+        let (events, last) = page(rows, page_size, event_message);
+        let next_page_token = last
+            .map(|row| {
+                let position =
+                    Position::Event { occurred_at: row.occurred_at, event_id: row.event_id };
+                token::encode(kind, scope, position)
+            })
+            .unwrap_or_default();
+        Ok((events, next_page_token))
+    }
+
+    async fn event_filter(&self, filter: pb::EventFilter) -> Result<EventFilter, QueryError> {
+        let (from, to) = time_range(filter.from.as_ref(), filter.to.as_ref())?;
+        Ok(EventFilter {
+            session_id: uuid("filter.session_id", &filter.session_id)?,
+            category: text(filter.category),
+            name: text(filter.name),
+            application_id: self.application("filter.application", &filter.application).await?,
+            from,
+            to,
+            data_contains: data_contains(&filter.data_contains)?,
+        })
+    }
+
+    async fn error_filter(&self, filter: pb::ErrorFilter) -> Result<ErrorFilter, QueryError> {
+        let (from, to) = time_range(filter.from.as_ref(), filter.to.as_ref())?;
+        let reason = reason(filter.reason)?;
+        let outcomes = replay_outcomes(&filter.replay_outcomes)?;
+        Ok(ErrorFilter {
+            reason,
+            category: text(filter.category),
+            name: text(filter.name),
+            application_id: self.application("filter.application", &filter.application).await?,
+            from,
+            to,
+            outcomes,
+        })
+    }
+
+    /// An application given by id or by name.
+    async fn application(
+        &self,
+        field: &'static str,
+        value: &str,
+    ) -> Result<Option<Uuid>, QueryError> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(id) = Uuid::parse_str(value) {
+            return Ok(Some(id));
+        }
+        match queries::application_id_by_name(&self.pool, value).await? {
+            Some(id) => Ok(Some(id)),
+            None => Err(QueryError::invalid(
+                field,
+                format!("{value:?} is neither an application id (UUID) nor an application's name"),
+            )),
+        }
+    }
+}
