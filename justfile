@@ -24,7 +24,7 @@ bench *ARGS:
 # The benchmark's correctness check at small scale (counts only, no timing), as CI runs it.
 bench-check:
     cargo build --bins
-    target/debug/eye-bench --bin-dir target/debug --events 20000 --batch 200 --no-copy --json
+    target/debug/eye-bench --bin-dir target/debug --scenario clients --events 20000 --batch 200 --no-copy --json
 
 # Read-path latency: 10 million events loaded by COPY (about 2.5 minutes, once), then p50/p95/p99
 # of sessions, a category over an hour and payload lookups through the real QueryService, and

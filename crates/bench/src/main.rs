@@ -15,9 +15,16 @@
 //!   send time, so a slow server cannot hide its queueing (no coordinated omission).
 //! - `drain`: only ingest runs while the load is sent; then validator and writer start and the
 //!   backlog's drain rate is measured.
+//! - `client`: the load goes through `eye load` (the `eye-client` library in a process of its
+//!   own, `--concurrency` calls in flight, batches of `--batch`): its acknowledged rate and peak
+//!   RSS, to compare with `steady`'s raw calls.
+//! - `client-spool`: `client` with the durable spool on (fsync before `track` returns).
+//! - `clients`: `steady`, `client` and `client-spool` in one run, each on a fresh database,
+//!   with the ratios of the client's acknowledged rate to the raw one.
 //!
 //! Run `just bench`, or `cargo build --release --bins && target/release/eye-bench --help`.
 
+use eye_cli::commands::load::seeded_id;
 use eye_service::auth::Role;
 use eye_test_support::harness;
 use std::{
@@ -48,6 +55,9 @@ enum Scenario {
     Steady,
     Latency,
     Drain,
+    Client,
+    ClientSpool,
+    Clients,
 }
 
 #[derive(Debug, Parser)]
@@ -70,6 +80,10 @@ struct Args {
     /// Approximate payload size in bytes.
     #[arg(long, default_value_t = 200)]
     payload_bytes: usize,
+    /// Tasks tracking at once in `eye load` (client scenarios): with the spool, concurrent
+    /// tracks share fsyncs.
+    #[arg(long, default_value_t = 16)]
+    producers: usize,
     /// Where the service binaries are.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -82,6 +96,18 @@ struct Args {
     /// Print only the JSON summary.
     #[arg(long)]
     json: bool,
+}
+
+/// The `clients` scenario: three runs and their ratios.
+#[derive(Debug, Serialize)]
+struct Comparison {
+    raw: Report,
+    client: Report,
+    client_spool: Report,
+    /// Acknowledged events/s through `eye-client` over raw calls' (target: at least 0.9).
+    client_to_raw: f64,
+    /// The same with the spool on.
+    client_spool_to_raw: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -139,11 +165,37 @@ async fn main() -> anyhow::Result<()> {
         bail!("--events, --batch and --concurrency must be at least 1");
     }
     let server = harness::durable_server_url("eye-bench-pg")?;
-    let db = fresh_database(&server).await?;
-    let report = run(&args, &db).await;
-    let _ = harness::drop_database(&server, &db.name).await;
-    let report = report?;
-    print_report(&report, args.json)?;
+    if args.scenario != Scenario::Clients {
+        let report = run_once(&args, &server, args.scenario).await?;
+        print_report(&report, args.json)?;
+        return check(&report);
+    }
+    let raw = run_once(&args, &server, Scenario::Steady).await?;
+    let client = run_once(&args, &server, Scenario::Client).await?;
+    let client_spool = run_once(&args, &server, Scenario::ClientSpool).await?;
+    let comparison = Comparison {
+        client_to_raw: client.acknowledged_per_second / raw.acknowledged_per_second,
+        client_spool_to_raw: client_spool.acknowledged_per_second / raw.acknowledged_per_second,
+        raw,
+        client,
+        client_spool,
+    };
+    println!("{}", serde_json::to_string_pretty(&comparison)?);
+    for report in [&comparison.raw, &comparison.client, &comparison.client_spool] {
+        check(report)?;
+    }
+    Ok(())
+}
+
+/// One scenario on a fresh database, dropped afterwards.
+async fn run_once(args: &Args, server: &str, scenario: Scenario) -> anyhow::Result<Report> {
+    let db = fresh_database(server).await?;
+    let report = run(args, &db, scenario).await;
+    let _ = harness::drop_database(server, &db.name).await;
+    report
+}
+
+fn check(report: &Report) -> anyhow::Result<()> {
     if report.missing != 0 || report.stored_twice != 0 || report.failed_requests != 0 {
         bail!(
             "verification failed: {} missing, {} stored twice, {} failed requests",
@@ -155,16 +207,16 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: &Args, db: &Database) -> anyhow::Result<Report> {
+async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<Report> {
     let mut conn = PgConnection::connect(&db.url).await?;
     let key = create_key(&mut conn).await?;
     register_schema(&mut conn).await?;
     let mut report = Report {
-        scenario: Some(args.scenario),
+        scenario: Some(scenario),
         events_sent: args.events,
         batch: args.batch,
         concurrency: args.concurrency,
-        offered_rate: (args.scenario == Scenario::Latency).then_some(args.rate),
+        offered_rate: (scenario == Scenario::Latency).then_some(args.rate),
         payload_bytes: args.payload_bytes,
         machine: harness::machine(),
         ..Default::default()
@@ -173,30 +225,40 @@ async fn run(args: &Args, db: &Database) -> anyhow::Result<Report> {
 
     let port = free_port()?;
     let mut services = vec![spawn(args, "eye-ingest", &db.url, port)?];
-    if args.scenario != Scenario::Drain {
+    if scenario != Scenario::Drain {
         services.push(spawn(args, "eye-validator", &db.url, port)?);
         services.push(spawn(args, "eye-writer", &db.url, port)?);
     }
     let endpoint = format!("http://127.0.0.1:{port}");
     wait_until_serving(&endpoint).await?;
 
-    let batches = Arc::new(make_batches(args));
+    let seed = rand::random::<u64>();
+    let batches = Arc::new(match scenario {
+        Scenario::Client | Scenario::ClientSpool => seeded_batches(args, seed),
+        _ => make_batches(args),
+    });
     let channels = connect(&endpoint, args.concurrency.min(4)).await?;
     let started = Instant::now();
-    let outcome = match args.scenario {
+    let outcome = match scenario {
         Scenario::Latency => open_loop(args, &key, batches.clone(), &channels).await,
+        Scenario::Client | Scenario::ClientSpool => {
+            let (outcome, rss) =
+                client_load(args, &key, &endpoint, seed, scenario == Scenario::ClientSpool).await?;
+            report.peak_rss_mb.push(("eye load".into(), rss));
+            outcome
+        }
         _ => closed_loop(args, &key, batches.clone(), &channels).await,
     };
     report.ack_seconds = started.elapsed().as_secs_f64();
-    report.acknowledged = outcome.accepted;
+    report.acknowledged = outcome.accepted + outcome.duplicate;
     report.rejected = outcome.rejected;
     report.duplicate = outcome.duplicate;
     report.failed_requests = outcome.failed;
-    report.acknowledged_per_second = outcome.accepted as f64 / report.ack_seconds;
+    report.acknowledged_per_second = report.acknowledged as f64 / report.ack_seconds;
     report.ack_latency_ms = Percentiles::of(outcome.latencies_ms);
 
     let drain_started = Instant::now();
-    if args.scenario == Scenario::Drain {
+    if scenario == Scenario::Drain {
         report.outbox_bytes_peak = outbox_bytes(&mut conn).await?;
         services.push(spawn(args, "eye-validator", &db.url, port)?);
         services.push(spawn(args, "eye-writer", &db.url, port)?);
@@ -217,12 +279,12 @@ async fn run(args: &Args, db: &Database) -> anyhow::Result<Report> {
             );
             break;
         }
-        if args.scenario != Scenario::Drain {
+        if scenario != Scenario::Drain {
             report.outbox_bytes_peak = report.outbox_bytes_peak.max(outbox_bytes(&mut conn).await?);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (e2e_start, e2e_end) = if args.scenario == Scenario::Drain {
+    let (e2e_start, e2e_end) = if scenario == Scenario::Drain {
         (drain_started, Instant::now())
     } else {
         (started, Instant::now())
@@ -230,7 +292,8 @@ async fn run(args: &Args, db: &Database) -> anyhow::Result<Report> {
     report.end_to_end_seconds = (e2e_end - e2e_start).as_secs_f64();
 
     for service in &mut services {
-        report.peak_rss_mb.push((service.name.to_owned(), peak_rss_mb(&service.child)));
+        let rss = service.child.id().map_or(0.0, peak_rss_mb);
+        report.peak_rss_mb.push((service.name.to_owned(), rss));
     }
     for service in &mut services {
         service.stop().await;
@@ -449,6 +512,73 @@ fn authorized(batch: SendEventsRequest, key: &str) -> tonic::Request<SendEventsR
     request
 }
 
+/// The ids `eye load --seed seed` sends, for the verification (the events themselves are made by
+/// `eye load`, like `make_batches`' but with seeded ids).
+fn seeded_batches(args: &Args, seed: u64) -> Vec<SendEventsRequest> {
+    let events: Vec<Event> = (0..args.events as u64)
+        .map(|i| Event { event_id: seeded_id(seed, i).to_string(), ..Event::default() })
+        .collect();
+    vec![SendEventsRequest { events, sent_at: None }]
+}
+
+/// Runs `eye load` (from `--bin-dir`) for the whole load; its outcome and peak RSS.
+async fn client_load(
+    args: &Args,
+    key: &str,
+    endpoint: &str,
+    seed: u64,
+    spool: bool,
+) -> anyhow::Result<(Outcome, f64)> {
+    let spool_dir = std::env::temp_dir().join(format!("eye-bench-spool-{}", Uuid::new_v4()));
+    let mut command = Command::new(args.bin_dir.join("eye"));
+    command
+        .arg("load")
+        .args(["--events", &args.events.to_string(), "--seed", &seed.to_string()])
+        .args(["--batch", &args.batch.to_string(), "--concurrency", &args.concurrency.to_string()])
+        .args(["--producers", &args.producers.to_string()])
+        .args(["--payload-bytes", &args.payload_bytes.to_string()])
+        .env("EYE_ENDPOINT", endpoint)
+        .env("EYE_API_KEY", key)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    if spool {
+        command.arg("--spool").arg(&spool_dir);
+    }
+    let mut child = command.spawn().context("cannot start eye load (build the `eye` binary)")?;
+    let pid = child.id().unwrap_or_default();
+    let mut stdout = child.stdout.take().expect("piped");
+    let output = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text).await.map(|_| text)
+    });
+    // VmHWM only grows: the last reading before the exit is the peak.
+    let mut rss = 0.0f64;
+    let status = loop {
+        rss = rss.max(peak_rss_mb(pid));
+        tokio::select! {
+            status = child.wait() => break status?,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    };
+    let _ = std::fs::remove_dir_all(&spool_dir);
+    let text = output.await??;
+    if !status.success() {
+        bail!("eye load failed: {status}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .context("eye load's summary")?;
+    let n = |key: &str| summary[key].as_u64().unwrap_or_default() as usize;
+    let outcome = Outcome {
+        accepted: n("accepted"),
+        duplicate: n("duplicate"),
+        rejected: n("rejected"),
+        failed: n("failed") + n("dropped"),
+        latencies_ms: Vec::new(),
+    };
+    Ok((outcome, rss))
+}
+
 /// The events, built before the clock starts: 20 events per session, pageviews of the last hour.
 fn make_batches(args: &Args) -> Vec<SendEventsRequest> {
     let now = Utc::now();
@@ -550,9 +680,8 @@ fn spawn(
     Ok(Service { name, child })
 }
 
-/// Peak resident set size (VmHWM) of a running child, in MB.
-fn peak_rss_mb(child: &Child) -> f64 {
-    let Some(pid) = child.id() else { return 0.0 };
+/// Peak resident set size (VmHWM) of a running process, in MB.
+fn peak_rss_mb(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

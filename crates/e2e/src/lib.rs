@@ -262,3 +262,63 @@ pub async fn wait_until_serving(channel: Channel, service: &str) {
         }
     }
 }
+
+/// The services a server lists through gRPC reflection, sorted: over `grpc.reflection.v1`, or
+/// over the older `v1alpha` that many tools (grpcurl's older builds, Python's
+/// `grpcio-reflection`) still speak.
+pub async fn reflected_services(channel: Channel, v1alpha: bool) -> Vec<String> {
+    let mut names: Vec<String> = if v1alpha {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut client = ServerReflectionClient::new(channel);
+        let mut answers =
+            client.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
+        match answers.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("unexpected reflection answer: {other:?}"),
+        }
+    } else {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut client = ServerReflectionClient::new(channel);
+        let mut answers =
+            client.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
+        match answers.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect()
+            }
+            other => panic!("unexpected reflection answer: {other:?}"),
+        }
+    };
+    names.sort();
+    names
+}
+
+/// What reflection must list on the port of `service`: it, health, and reflection (both
+/// versions), and nothing the port does not serve.
+pub fn expected_services(service: &str) -> Vec<String> {
+    let mut names: Vec<String> = [
+        service,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+    .map(str::to_owned)
+    .into();
+    names.sort();
+    names
+}

@@ -145,6 +145,21 @@ pub async fn ensure_and_issue_key<'c>(
     Ok(issued)
 }
 
+/// The application name and roles behind `key`, if it is a live key of a live application.
+pub async fn key_holder<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
+    key: &str,
+) -> Result<Option<(String, Vec<String>)>, AdminError> {
+    let mut conn = db.acquire().await?;
+    Ok(sqlx::query_as(
+        "SELECT a.name, k.roles FROM api_keys k JOIN applications a ON a.id = k.application_id \
+         WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND a.revoked_at IS NULL",
+    )
+    .bind(&eye_service::auth::hash_key(key)[..])
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// Every application, by name.
 pub async fn list<'c>(
     db: impl Acquire<'c, Database = Postgres>,

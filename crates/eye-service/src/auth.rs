@@ -108,19 +108,35 @@ impl Authenticator {
     ) -> Result<Principal, AuthError> {
         let key = authorization.and_then(bearer).ok_or(AuthError::Missing)?;
         let principal = self.lookup(hash_key(key)).await?.ok_or(AuthError::Invalid)?;
-        if principal.roles.iter().any(|r| r == role.as_str()) {
-            Ok(principal)
-        } else {
-            Err(AuthError::Forbidden(role.as_str()))
+        check_role(principal, role)
+    }
+
+    /// [`authenticate`](Self::authenticate) from the cache alone, for when the database is known
+    /// to be down: `Ok(None)` when the key's answer is not cached.
+    pub fn authenticate_cached(
+        &self,
+        authorization: Option<&str>,
+        role: Role,
+    ) -> Result<Option<Principal>, AuthError> {
+        let key = authorization.and_then(bearer).ok_or(AuthError::Missing)?;
+        match self.cached(&hash_key(key), Instant::now()) {
+            None => Ok(None),
+            Some(None) => Err(AuthError::Invalid),
+            Some(Some(principal)) => check_role(principal, role).map(Some),
         }
+    }
+
+    /// The cached answer for `hash`, if fresh: `Some(None)` for a key known to be unknown.
+    fn cached(&self, hash: &[u8; 32], now: Instant) -> Option<Option<Principal>> {
+        let cache = self.cache.lock().expect("auth cache");
+        let (principal, at) = cache.get(hash)?;
+        (now.duration_since(*at) < self.ttl).then(|| principal.clone())
     }
 
     async fn lookup(&self, hash: [u8; 32]) -> Result<Option<Principal>, AuthError> {
         let now = Instant::now();
-        if let Some((principal, at)) = self.cache.lock().expect("auth cache").get(&hash)
-            && now.duration_since(*at) < self.ttl
-        {
-            return Ok(principal.clone());
+        if let Some(principal) = self.cached(&hash, now) {
+            return Ok(principal);
         }
         let row: Option<(Uuid, Vec<String>)> = sqlx::query_as(
             "SELECT k.application_id, k.roles FROM api_keys k \
@@ -138,6 +154,14 @@ impl Authenticator {
         }
         cache.insert(hash, (principal.clone(), now));
         Ok(principal)
+    }
+}
+
+fn check_role(principal: Principal, role: Role) -> Result<Principal, AuthError> {
+    if principal.roles.iter().any(|r| r == role.as_str()) {
+        Ok(principal)
+    } else {
+        Err(AuthError::Forbidden(role.as_str()))
     }
 }
 

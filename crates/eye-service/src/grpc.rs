@@ -142,15 +142,41 @@ pub async fn probe(pool: &PgPool) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(1), query).await, Ok(Ok(_)))
 }
 
-/// gRPC server reflection for the `eye.v1` services and `grpc.health.v1`.
-pub fn reflection() -> tonic_reflection::server::v1::ServerReflectionServer<
-    impl tonic_reflection::server::v1::ServerReflection,
-> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(eye_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("embedded descriptor sets are valid")
+/// The gRPC services that server reflection advertises besides a server's own: health and
+/// reflection itself (both protocol versions).
+const COMMON_SERVICES: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// gRPC server reflection, in both protocol versions (`grpc.reflection.v1` and the `v1alpha`
+/// that many tools still speak), advertising exactly the services this server serves: `service`
+/// (e.g. `eye.v1.IngestService`), health and reflection. Add both to the server.
+pub fn reflection(
+    service: &str,
+) -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(eye_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(service);
+        for name in COMMON_SERVICES {
+            builder = builder.with_service_name(name);
+        }
+        builder
+    };
+    (
+        builder().build_v1().expect("embedded descriptor sets are valid"),
+        builder().build_v1alpha().expect("embedded descriptor sets are valid"),
+    )
 }
 
 /// Runs a server future that stops accepting when `shutdown` is cancelled and then drains

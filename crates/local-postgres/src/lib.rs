@@ -69,6 +69,27 @@ pub struct Options {
     pub durable: bool,
 }
 
+impl Options {
+    /// The test suite's server of the checkout at `workspace`: `target/eye-test-pg`, not durable.
+    /// (`eye dev stop --tests` finds it through the same function.)
+    pub fn for_tests(workspace: &Path) -> Self {
+        Self {
+            base_dir: workspace.join("target").join("eye-test-pg"),
+            fallback_key: format!("{}#tests", workspace.display()),
+            durable: false,
+        }
+    }
+
+    /// The server of `eye dev` run in `dir`: `dir/.eye/pg`, durable.
+    pub fn for_dev(dir: &Path) -> Self {
+        Self {
+            base_dir: dir.join(".eye").join("pg"),
+            fallback_key: format!("{}#dev", dir.display()),
+            durable: true,
+        }
+    }
+}
+
 /// A running local server. Dropping it does not stop the server (see [`LocalPostgres::stop`]).
 #[derive(Debug, Clone)]
 pub struct LocalPostgres {
@@ -147,6 +168,35 @@ impl LocalPostgres {
         pg.port = if pg.running()? { pg.running_port()? } else { pg.start()? };
         pg.url = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
         Ok(pg)
+    }
+
+    /// Stops the server of `options.base_dir` if one is running there, without initialising or
+    /// starting anything; `Ok(false)` when there was none. (`pg_ctl stop` alone refuses to run as
+    /// root: this runs it as the server user, as `ensure` does.)
+    pub fn stop_existing(options: &Options) -> Result<bool, Error> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let bin_dir = find_bin_dir(&path, Path::new(VERSIONS_ROOT))?;
+        let run_as = server_user()?;
+        let base_dir = choose_base_dir(options, run_as.as_deref())?;
+        let pg = LocalPostgres {
+            url: String::new(),
+            port: 0,
+            data_dir: base_dir.join("data"),
+            base_dir,
+            bin_dir,
+            run_as,
+        };
+        if !pg.data_dir.exists() {
+            return Ok(false);
+        }
+        let _lock = pg.lock()?;
+        pg.remove_stale_pid()?;
+        if !pg.running()? {
+            return Ok(false);
+        }
+        let mut cmd = pg.pg_ctl_command();
+        cmd.args(["-m", "fast", "-w", "stop"]);
+        run(cmd).map(|_| true)
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres` (trust authentication).

@@ -36,12 +36,7 @@ pub fn server_url() -> &'static str {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             return url;
         }
-        let workspace = workspace_root();
-        let options = local_postgres::Options {
-            base_dir: workspace.join("target").join("eye-test-pg"),
-            fallback_key: format!("{}#tests", workspace.display()),
-            durable: false,
-        };
+        let options = local_postgres::Options::for_tests(&workspace_root());
         match local_postgres::LocalPostgres::ensure(&options) {
             Ok(server) => server.url().to_owned(),
             Err(error) => panic!("cannot start a test PostgreSQL: {error}"),

@@ -20,8 +20,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole pipeline (ingest, validator, writer, query) locally in one process, with a
-    /// private PostgreSQL under ./.eye/pg unless DATABASE_URL is set. Prints a fresh API key.
-    Dev,
+    /// private PostgreSQL under ./.eye/pg unless DATABASE_URL is set; `eye dev env` and
+    /// `eye dev stop` go with it.
+    #[command(long_about = DEV_HELP)]
+    Dev(DevArgs),
     /// Apply the database migrations.
     Migrate,
     /// Manage applications and their API keys.
@@ -35,6 +37,9 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Send one event to an ingest server and print its result.
     Send(SendArgs),
+    /// Send a load of generated events through the eye client (batched, retried, optionally
+    /// spooled); prints one JSON line of counts on exit, also after SIGTERM.
+    Load(LoadArgs),
     /// List stored events matching a filter, oldest first.
     Events(EventsArgs),
     /// Show a session: its summary, then its events in time order.
@@ -45,6 +50,47 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Pipeline health: queue depth and lag per stage, events stored and errors in a window.
     Stats(StatsArgs),
+}
+
+const DEV_HELP: &str = "\
+Run the whole pipeline locally, in one process: ingest, validator, writer and query.
+
+What it starts and where:
+  - Postgres: DATABASE_URL if set, else a private server with its data in ./.eye/pg (started, or
+    reused if already running). It KEEPS RUNNING after `eye dev` exits, so the next start is
+    instant and `eye apps`/`eye schemas` in another terminal find it; stop it with `eye dev stop`.
+  - ingest gRPC on 127.0.0.1:50051 (EYE__INGEST__PORT), query gRPC on 127.0.0.1:50052
+    (EYE__QUERY__PORT), /metrics on 127.0.0.1:9000 (EYE__METRICS__PORT); 0 picks a free port.
+    Only loopback unless --host says otherwise.
+  - the application `dev` with a key holding ingest and read; the key is kept in ./.eye/dev.env
+    (mode 600) and reused by the next `eye dev` while it is valid.
+
+It prints the endpoints, an `export ...` block, and the key alone on the last line of stdout.
+In another terminal of the same directory, `eval \"$(eye dev env)\"` sets DATABASE_URL,
+EYE_ENDPOINT, EYE_QUERY_ENDPOINT and EYE_API_KEY. Ctrl-C (or SIGTERM) drains and stops the
+services; `eye dev stop` then stops the Postgres (`eye dev stop --tests`: the test suite's, in
+target/eye-test-pg).";
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    #[command(subcommand)]
+    pub action: Option<DevAction>,
+    /// The address every server listens on (0.0.0.0 exposes them to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevAction {
+    /// Print `export` lines for DATABASE_URL, EYE_ENDPOINT, EYE_QUERY_ENDPOINT and EYE_API_KEY of
+    /// the last `eye dev` in this directory: `eval "$(eye dev env)"`.
+    Env,
+    /// Stop the private Postgres that `eye dev` (or, with --tests, the test suite) left running.
+    Stop {
+        /// Stop the test suite's server (target/eye-test-pg of this checkout) instead.
+        #[arg(long)]
+        tests: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,7 +225,7 @@ pub struct SendArgs {
     /// API key with the `ingest` role (prefer the environment variable: arguments are visible to
     /// other users of the machine).
     #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
-    pub key: String,
+    pub key: Option<String>,
 }
 
 /// Never shows the key.
@@ -196,6 +242,77 @@ impl std::fmt::Debug for SendArgs {
     }
 }
 
+#[derive(Args)]
+pub struct LoadArgs {
+    /// Events to track.
+    #[arg(long)]
+    pub events: u64,
+    /// Offered load in events/s (open loop) [default: as fast as the client takes them].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Derive event and session ids from this seed (event i: a version-8 UUID of
+    /// splitmix64(seed) and i), so that which events arrived can be checked in SQL
+    /// [default: UUIDv7 ids assigned by the client].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Events per SendEvents call (the client's batch size; at most 1000).
+    #[arg(long, default_value_t = 500, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    pub batch: usize,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    pub concurrency: usize,
+    /// Tasks tracking at once (task j tracks events j, j + P, ...).
+    #[arg(long, default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub producers: usize,
+    /// Approximate payload size in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// Spool tracked events to this directory (fsynced before they count as tracked): a run
+    /// killed with kill -9 sends them when started again on the same directory.
+    #[arg(long)]
+    pub spool: Option<PathBuf>,
+    /// Drop (and count) events when the client's queue is full instead of waiting.
+    #[arg(long)]
+    pub drop_when_full: bool,
+    /// Print `{"progress": N}` on stderr after every N tracked events (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub progress_every: u64,
+    /// How long the final flush may take, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
+    /// The ingest server.
+    #[arg(long, env = "EYE_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// API key with the `ingest` role (EYE_API_KEY).
+    #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+}
+
+/// Never shows the key.
+impl std::fmt::Debug for LoadArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadArgs")
+            .field("events", &self.events)
+            .field("rate", &self.rate)
+            .field("seed", &self.seed)
+            .field("batch", &self.batch)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The API key of a command that talks to a server: `--key`, else `EYE_API_KEY`; a clear
+/// message naming both when neither is set.
+pub fn api_key(key: &Option<String>) -> anyhow::Result<&str> {
+    match key.as_deref().map(str::trim) {
+        Some(key) if !key.is_empty() => Ok(key),
+        _ => anyhow::bail!(
+            "no API key: set EYE_API_KEY (with `eye dev` running: eval \"$(eye dev env)\") or \
+             pass --key"
+        ),
+    }
+}
+
 /// How the query commands reach the query server, and how they print.
 #[derive(Clone, Args)]
 pub struct QueryArgs {
@@ -209,7 +326,7 @@ pub struct QueryArgs {
     /// API key with the `read` role (prefer the environment variable: arguments are visible to
     /// other users of the machine).
     #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
-    pub key: String,
+    pub key: Option<String>,
     /// Print one JSON object per line (each with a "kind") instead of a table.
     #[arg(long)]
     pub json: bool,

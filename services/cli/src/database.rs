@@ -28,11 +28,7 @@ pub enum Source {
 /// Options of the dev server for the current directory.
 pub fn dev_server_options() -> anyhow::Result<Options> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    Ok(Options {
-        base_dir: cwd.join(".eye").join("pg"),
-        fallback_key: format!("{}#dev", cwd.display()),
-        durable: true,
-    })
+    Ok(Options::for_dev(&cwd))
 }
 
 /// Starts (or finds) the dev server for the current directory.

@@ -48,7 +48,9 @@ pub fn adapt_telemetry(command: &Command, telemetry: &mut TelemetrySettings) {
     if telemetry.log_filter == TelemetrySettings::default().log_filter {
         telemetry.log_filter = match command {
             // sqlx reports every server NOTICE at info ("relation ... already exists, skipping").
-            Command::Dev => "info,sqlx=warn".into(),
+            // Warnings only: the banner (and its key, on the last line) is the last thing a
+            // healthy start prints. `RUST_LOG=info eye dev` shows the services' progress.
+            Command::Dev(_) => "warn".into(),
             _ => "warn".into(),
         };
     }
@@ -71,7 +73,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
 
 async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
-        Command::Dev => commands::dev::run(settings).await,
+        Command::Dev(args) => commands::dev::run(args, settings).await,
         Command::Migrate => {
             let pool = database::admin_pool(&settings).await?;
             commands::migrate::run(&pool).await
@@ -89,6 +91,7 @@ async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             commands::dlq::run(&pool, command).await
         }
         Command::Send(args) => commands::send::run(args).await,
+        Command::Load(args) => commands::load::run(args).await,
         Command::Events(args) => commands::events::run(args).await,
         Command::Session(args) => commands::session::run(args).await,
         Command::Errors(args) => commands::errors::run(args).await,

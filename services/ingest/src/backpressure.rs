@@ -33,6 +33,11 @@ impl Backpressure {
         Self { database, backlog_rows: Arc::default(), max_backlog_rows }
     }
 
+    /// Whether the database answered when last seen.
+    pub fn database_is_up(&self) -> bool {
+        self.database.is_up()
+    }
+
     /// `Err` when a request should be refused now.
     pub fn check(&self) -> Result<(), IngestError> {
         if !self.database.is_up() {

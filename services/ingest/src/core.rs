@@ -62,10 +62,15 @@ impl Ingest {
         }
     }
 
-    /// Answers one `SendEvents` batch: refuses at once under back-pressure, authenticates the
-    /// request's `authorization` value (`Bearer <key>`) for the ingest role, then
+    /// Answers one `SendEvents` batch: authenticates the request's `authorization` value
+    /// (`Bearer <key>`) for the ingest role, refuses at once under back-pressure, then
     /// [`send_as`](Self::send_as). `trace` is the W3C trace context the client sent
     /// (`traceparent`, `tracestate`), as a text map.
+    ///
+    /// The key comes first: a caller without a valid key learns nothing about the backlog, and a
+    /// misconfigured client is told so (UNAUTHENTICATED) instead of being asked to retry later.
+    /// Lookups are cached, so the check costs no query under load; while the database is down,
+    /// a key the cache does not know is answered UNAVAILABLE at once.
     pub async fn send(
         &self,
         authorization: Option<&str>,
@@ -73,8 +78,16 @@ impl Ingest {
         request: SendEventsRequest,
     ) -> Result<SendEventsResponse, IngestError> {
         let result = async {
+            let principal = if self.backpressure.database_is_up() {
+                self.auth.authenticate(authorization, Role::Ingest).await?
+            } else {
+                // No database: answer at once, from the key cache alone, instead of waiting for
+                // a connection that will not come.
+                self.auth
+                    .authenticate_cached(authorization, Role::Ingest)?
+                    .ok_or(IngestError::DatabaseUnavailable)?
+            };
             self.backpressure.check()?;
-            let principal = self.auth.authenticate(authorization, Role::Ingest).await?;
             self.send_as(&principal, trace, request).await
         }
         .await;

@@ -32,6 +32,7 @@ use eye_service::{
 use eye_telemetry::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 
 /// How long shutdown waits for in-flight requests and commits.
 const GRACE_PERIOD: Duration = Duration::from_secs(20);
@@ -117,12 +118,16 @@ impl Application {
         let max_message = settings.ingest.max_batch_bytes.saturating_mul(4);
         let health =
             grpc_server::health("eye.v1.IngestService", pool, database, shutdown.clone()).await;
+        let reflection = grpc_server::reflection("eye.v1.IngestService");
         let timeout = Duration::from_millis(settings.ingest.request_timeout_ms);
         let server = grpc_server::server(&settings.tls, timeout)?
             .add_service(health)
-            .add_service(grpc_server::reflection())
+            .add_service(reflection.0)
+            .add_service(reflection.1)
             .add_service(
                 IngestServiceServer::new(service)
+                    // Clients may compress (gzip); the limit applies to the inflated message.
+                    .accept_compressed(CompressionEncoding::Gzip)
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(max_message),
             )

@@ -40,6 +40,7 @@ use sqlx::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 
 /// How long shutdown waits for in-flight requests.
 const GRACE_PERIOD: Duration = Duration::from_secs(20);
@@ -100,10 +101,16 @@ impl Application {
         let health =
             grpc_server::health("eye.v1.QueryService", pool, Default::default(), shutdown.clone())
                 .await;
+        let reflection = grpc_server::reflection("eye.v1.QueryService");
         let server = server
             .add_service(health)
-            .add_service(grpc_server::reflection())
-            .add_service(QueryServiceServer::new(service))
+            .add_service(reflection.0)
+            .add_service(reflection.1)
+            .add_service(
+                QueryServiceServer::new(service)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip),
+            )
             .serve_with_incoming_shutdown(
                 grpc_server::incoming(listener),
                 shutdown.clone().cancelled_owned(),

@@ -285,7 +285,7 @@ pub async fn list_errors(
     limit: i64,
 ) -> Result<Vec<ErrorRow>, QueryError> {
     let mut query = QueryBuilder::new(
-        "SELECT id, application_id, event_id, session_id, category, name, data, occurred_at, \
+        "SELECT id, application_id, event_id, session_id, category, name, data::text AS data, occurred_at, \
                 received_at, reason, message, failed_at, failures, replayed_at, replay_outcome \
          FROM event_errors WHERE true",
     );
@@ -357,7 +357,7 @@ pub async fn replay_errors(
          ) \
          UPDATE event_errors e SET replayed_at = now(), replay_outcome = 'pending' \
          FROM picked WHERE e.id = picked.id \
-         RETURNING e.application_id, e.event_id, e.session_id, e.category, e.name, e.data, \
+         RETURNING e.application_id, e.event_id, e.session_id, e.category, e.name, e.data::text, \
                    e.occurred_at, e.received_at",
     );
     let rows: Vec<ReplayRow> = query.build_query_as().fetch_all(&mut *tx).await?;

@@ -122,8 +122,10 @@ impl Quarantine {
         sqlx::query(
             "INSERT INTO event_errors (application_id, event_id, session_id, category, name, data, \
                                        occurred_at, received_at, reason, message) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], \
-                                  $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[]) \
+             SELECT a, e, s, c, n, d::jsonb, o, r, why, m \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
+                         $7::timestamptz[], $8::timestamptz[], $9::text[], $10::text[]) \
+                  AS t(a, e, s, c, n, d, o, r, why, m) \
              ON CONFLICT (application_id, event_id) DO UPDATE SET \
                  reason = excluded.reason, message = excluded.message, failed_at = now(), \
                  failures = event_errors.failures + 1, replay_outcome = 'still_invalid'",

@@ -39,6 +39,10 @@ async fn a_backlog_over_the_bound_is_refused_until_it_drains() {
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert_eq!(refused.metadata().get("retry-after").unwrap(), "1");
     assert!(refused.message().contains("behind"), "{}", refused.message());
+    // The key is checked first: a bad one is told so, and learns nothing about the backlog.
+    let wrong = format!("eye_{}", "0".repeat(64));
+    let status = client.send_events(authorized(one_event(), &wrong)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     let accepted = count(&db.pool, "SELECT count(*) FROM outbox").await;
 
     // Validator and writer drain it; ingest takes events again by itself.

@@ -4,9 +4,8 @@
 //!
 //! JSON output is one object per line, each with a `"kind"` (`event`, `session`, `error`,
 //! `reason_count`, `replay`, `stats`), so mixed output filters with `jq 'select(.kind == "event")'`.
-//! Times are RFC 3339 in UTC with their full precision; an event's payload is the JSON object
-//! itself (`data`), an error's payload the text exactly as sent (`data_json`), since quarantine
-//! holds payloads that are not valid JSON.
+//! Times are RFC 3339 in UTC with their full precision; a payload is the JSON object itself
+//! (`data`), for stored and quarantined events alike.
 
 use chrono::{DateTime, Utc};
 use eye_client::{self as client, ConnectError, QueryClient};
@@ -24,13 +23,15 @@ const DATA_CELL_CHARS: usize = 80;
 
 /// Connects to the query server of `args`.
 pub async fn connect(args: &QueryArgs) -> anyhow::Result<QueryClient> {
-    QueryClient::connect(args.endpoint.clone(), &args.key).await.map_err(|error| match error {
-        ConnectError::Connect { endpoint, .. } => anyhow::anyhow!(
-            "cannot connect to the query server at {endpoint}: is eye-query (or `eye dev`) \
+    QueryClient::connect(args.endpoint.clone(), crate::cli::api_key(&args.key)?).await.map_err(
+        |error| match error {
+            ConnectError::Connect { endpoint, .. } => anyhow::anyhow!(
+                "cannot connect to the query server at {endpoint}: is eye-query (or `eye dev`) \
              running? (--query-endpoint or EYE_QUERY_ENDPOINT)"
-        ),
-        other => other.into(),
-    })
+            ),
+            other => other.into(),
+        },
+    )
 }
 
 /// A refused call as a message that says what to do.
@@ -83,11 +84,15 @@ pub fn truncate(text: &str, max: usize) -> String {
     cut
 }
 
+/// A payload as JSON output shows it: the JSON value itself. Stored and quarantined payloads are
+/// `jsonb`, so they parse; the text is kept if a server ever says otherwise.
+fn payload(data_json: &str) -> Value {
+    serde_json::from_str(data_json).unwrap_or_else(|_| Value::String(data_json.to_owned()))
+}
+
 /// A stored event as a JSON line.
 pub fn event_json(event: &StoredEvent) -> Value {
-    // Stored payloads are `jsonb`, so they parse; keep the text if a server ever says otherwise.
-    let data = serde_json::from_str(&event.data_json)
-        .unwrap_or_else(|_| Value::String(event.data_json.clone()));
+    let data = payload(&event.data_json);
     json!({
         "kind": "event",
         "event_id": event.event_id,
@@ -143,7 +148,7 @@ pub fn error_json(error: &EventError) -> Value {
         "name": error.name,
         "timestamp": precise(error.timestamp.as_ref()),
         "received_at": precise(error.received_at.as_ref()),
-        "data_json": error.data_json,
+        "data": payload(&error.data_json),
     })
 }
 

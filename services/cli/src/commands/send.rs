@@ -1,56 +1,77 @@
-//! `eye send`: one event to an ingest server, with its result printed.
+//! `eye send`: one event through the eye client, with its outcome printed.
 //!
-//! Exits with an error if the server refuses the call (bad key, unreachable) or rejects the event,
-//! so scripts can rely on the exit status.
+//! The event's id is assigned here (a UUIDv7, or `--event-id`) before anything is sent, and a
+//! retry (the client retries UNAVAILABLE and the like for up to 10 s) carries the same id, so a
+//! lost answer cannot store the event twice. Exits with an error if the server refuses the call
+//! (bad key), the event is rejected, or delivery cannot be confirmed, so scripts can rely on the
+//! exit status.
 
-use anyhow::bail;
-use chrono::Utc;
-use eye_client::{self as client, Client};
-use eye_proto::v1::{Event, EventStatus};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail};
+use eye_client::{Client, Config, ConnectError, EyeClient, NewEvent, OutcomeKind};
 use uuid::Uuid;
 
 use crate::cli::SendArgs;
 
+/// How long `eye send` keeps retrying before it gives up on the event.
+const RETRY_BUDGET: Duration = Duration::from_secs(10);
+
 /// Runs `eye send`.
 pub async fn run(args: SendArgs) -> anyhow::Result<()> {
-    let client = Client::connect(args.endpoint.clone(), &args.key).await?;
+    let data: serde_json::Value = serde_json::from_str(&args.data)
+        .map_err(|error| anyhow!("--data is not valid JSON ({error}); pass a JSON object, e.g. --data '{{\"path\": \"/\"}}'"))?;
+    if !data.is_object() {
+        bail!("--data must be a JSON object, e.g. --data '{{\"path\": \"/\"}}'");
+    }
+    // Fail fast, saying what to do, when nothing listens or the key cannot be sent.
+    Client::connect(args.endpoint.clone(), crate::cli::api_key(&args.key)?).await.map_err(
+        |error| match error {
+            ConnectError::Connect { endpoint, .. } => anyhow!(
+                "cannot connect to the ingest server at {endpoint}: is eye-ingest (or `eye dev`) \
+             running? (--endpoint or EYE_ENDPOINT)"
+            ),
+            other => other.into(),
+        },
+    )?;
+    let outcome = Arc::new(Mutex::new(None));
+    let mut config = Config::new(args.endpoint.clone(), crate::cli::api_key(&args.key)?);
+    config.linger = Duration::ZERO;
+    config.retry.budget = RETRY_BUDGET;
+    config.on_outcome = Some(Arc::new({
+        let outcome = outcome.clone();
+        move |o: &eye_client::Outcome| *outcome.lock().expect("outcome") = Some(o.kind.clone())
+    }));
+    let client = EyeClient::start(config)?;
     let session_id = args.session.unwrap_or_else(Uuid::new_v4);
-    let event = Event {
-        event_id: args.event_id.map(|id| id.to_string()).unwrap_or_default(),
-        session_id: session_id.to_string(),
+    let event = NewEvent {
         category: args.category,
         name: args.name,
         data_json: args.data,
-        timestamp: Some(event_model::envelope::to_timestamp(
-            args.timestamp.unwrap_or_else(Utc::now),
-        )),
+        session_id: Some(session_id),
+        timestamp: args.timestamp,
+        event_id: args.event_id,
     };
-    let results = client.send(vec![event]).await.map_err(|status| {
-        anyhow::anyhow!(
-            "{} refused the events: {}",
-            args.endpoint,
-            client::describe_status(&status)
-        )
-    })?;
-    let mut rejected = 0;
-    for result in &results {
-        let status = client::status_name(result.status);
-        if result.reason.is_empty() {
-            println!("{status} event {} (session {session_id})", result.event_id);
-        } else {
-            println!(
-                "{status} event {} (session {session_id}): {}",
-                result.event_id, result.reason
-            );
+    let event_id = client.track_event(event).await?;
+    client.flush().await?;
+    client.shutdown(Duration::from_secs(1)).await;
+    let outcome = outcome.lock().expect("outcome").take();
+    match outcome {
+        Some(OutcomeKind::Accepted) => println!("ACCEPTED event {event_id} (session {session_id})"),
+        Some(OutcomeKind::Duplicate) => println!(
+            "DUPLICATE event {event_id} (session {session_id}): already stored, nothing changed"
+        ),
+        Some(OutcomeKind::Rejected(reason)) => {
+            println!("REJECTED event {event_id} (session {session_id}): {reason}");
+            bail!("the event was not accepted: {reason}");
         }
-        if result.status != EventStatus::Accepted as i32
-            && result.status != EventStatus::Duplicate as i32
-        {
-            rejected += 1;
+        Some(OutcomeKind::Failed(reason) | OutcomeKind::Dropped(reason)) => {
+            bail!("{} refused the event: {reason}", args.endpoint)
         }
-    }
-    if rejected > 0 {
-        bail!("{rejected} of {} event(s) not accepted", results.len());
+        None => bail!("no answer from {} for event {event_id}", args.endpoint),
     }
     Ok(())
 }

@@ -7,7 +7,10 @@ use eye_test_support::TestDb;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod dev;
+mod load;
 mod query;
+mod readme;
 
 /// What one run of `eye` did.
 struct Run {
@@ -351,8 +354,18 @@ async fn send_reaches_a_real_ingest_server() {
     let run = eye(&db.url, &[&args[..], &["--data", r#"{"b":2}"#]].concat()).await.success();
     assert!(run.stdout.contains("ACCEPTED"), "{}", run.stdout);
 
+    // A payload that is not a JSON object is refused before anything is sent, naming the flag.
     let run = send(key.clone(), "[1]").await.failure();
-    assert!(run.stdout.contains("REJECTED"), "{}", run.stdout);
+    assert!(run.stderr.contains("--data must be a JSON object"), "{}", run.stderr);
+    let run = send(key.clone(), "{oops").await.failure();
+    assert!(run.stderr.contains("--data is not valid JSON"), "{}", run.stderr);
+    // One the server refuses is printed REJECTED with its reason.
+    let run = send(key.clone(), r#"{"a":"\u0000"}"#).await.failure();
+    assert!(
+        run.stdout.contains("REJECTED") && run.stdout.contains("nul_character"),
+        "{}",
+        run.stdout
+    );
 
     let wrong = format!("eye_{}", "0".repeat(64));
     let run = send(wrong, r#"{"a":1}"#).await.failure();

@@ -233,7 +233,8 @@ async fn read_commands_show_what_send_stored_and_replay_fixes_errors() {
     assert_eq!(kinds(&lines), ["error", "reason_count"]);
     assert_eq!(lines[0]["reason"], "schema_violation");
     assert_eq!(lines[0]["replay_outcome"], "not_replayed");
-    assert_eq!(lines[0]["data_json"], r#"{"host": "shop.example"}"#);
+    // The payload has the shape it has in `eye events --json`: the JSON object itself.
+    assert_eq!(lines[0]["data"], serde_json::json!({"host": "shop.example"}));
     assert_eq!((&lines[1]["reason"], &lines[1]["count"]), (&"schema_violation".into(), &1.into()));
     let error_id = lines[0]["id"].as_i64().unwrap().to_string();
     assert!(reader.json(&["errors", "--reason", "timestamp_in_future"]).await.is_empty());
@@ -365,8 +366,11 @@ async fn listings_follow_pages_up_to_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eye_dev_serves_queries_too() {
     let db = TestDb::new().await;
+    let home = super::TempDir::new();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_eye"))
         .arg("dev")
+        // A directory of its own: `eye dev` keeps its lock and state in ./.eye.
+        .current_dir(&home.0)
         .env("DATABASE_URL", &db.url)
         .envs([
             ("EYE__INGEST__HOST", "127.0.0.1"),

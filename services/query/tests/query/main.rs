@@ -418,10 +418,6 @@ async fn invalid_arguments_name_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_server_serves_health_and_reflection() {
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
     let db = TestDb::new().await;
     let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
     let channel = tonic::transport::Endpoint::from_shared(pipeline.query_endpoint())
@@ -431,21 +427,11 @@ async fn query_server_serves_health_and_reflection() {
         .unwrap();
 
     eye_e2e::wait_until_serving(channel.clone(), "eye.v1.QueryService").await;
-
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses =
-        reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
-    let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection response: {response:?}");
-    };
-    let services: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(services.contains(&"eye.v1.QueryService"), "{services:?}");
-    assert!(services.contains(&"grpc.health.v1.Health"), "{services:?}");
+    let expected = eye_e2e::expected_services("eye.v1.QueryService");
+    for v1alpha in [false, true] {
+        let services = eye_e2e::reflected_services(channel.clone(), v1alpha).await;
+        assert_eq!(services, expected, "v1alpha: {v1alpha}");
+    }
     pipeline.stop().await;
 }
 

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of The Eye (see generate.py); do not edit."""

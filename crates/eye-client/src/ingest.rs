@@ -1,0 +1,174 @@
+//! The raw ingest client: one `SendEvents` call per [`Client::send`], and the small helpers
+//! that build events and describe answers.
+
+use chrono::{DateTime, Utc};
+use eye_proto::v1::{
+    Event, EventResult, EventStatus, SendEventsRequest, SendEventsResponse,
+    ingest_service_client::IngestServiceClient,
+};
+use tonic::{Code, Status};
+use uuid::Uuid;
+
+use crate::connection::{ConnectError, ConnectOptions, Connection};
+
+/// Largest answer accepted: results for 1,000 events are far below it.
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// An authenticated `IngestService` client.
+///
+/// One call per [`send`](Self::send), no buffering and no retries: the building block of
+/// [`EyeClient`](crate::EyeClient), and what `eye send` uses.
+#[derive(Debug, Clone)]
+pub struct Client {
+    connection: Connection,
+}
+
+impl Client {
+    /// Connects to `endpoint` (e.g. `http://127.0.0.1:50051`) now, authenticating with `key`.
+    pub async fn connect(endpoint: impl Into<String>, key: &str) -> Result<Self, ConnectError> {
+        let options = ConnectOptions::default();
+        let connection = Connection::open(&endpoint.into(), &key.into(), &options).await?;
+        Ok(Self { connection })
+    }
+
+    pub(crate) fn from_connection(connection: Connection) -> Self {
+        Self { connection }
+    }
+
+    /// Sends `events` in one `SendEvents` call; `results[i]` answers `events[i]`. A batch refused
+    /// as a whole (bad key, over the limits, server unavailable) is an `Err`.
+    pub async fn send(&self, events: Vec<Event>) -> Result<Vec<EventResult>, Status> {
+        let count = events.len();
+        let request = SendEventsRequest { events, sent_at: Some(to_timestamp(Utc::now())) };
+        let results = self.send_request(request).await?.results;
+        if results.len() != count {
+            return Err(Status::internal(format!(
+                "the server answered {} results for {count} events",
+                results.len()
+            )));
+        }
+        Ok(results)
+    }
+
+    /// One `SendEvents` call as it is (its `sent_at` included); the answer unchecked.
+    pub async fn send_request(
+        &self,
+        request: SendEventsRequest,
+    ) -> Result<SendEventsResponse, Status> {
+        let mut client = IngestServiceClient::new(self.connection.channel.clone())
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        if let Some(encoding) = self.connection.compression() {
+            client = client.send_compressed(encoding);
+        }
+        Ok(client.send_events(self.connection.request(request)).await?.into_inner())
+    }
+}
+
+/// An event happening now, with a server-assigned event id.
+pub fn event(category: &str, name: &str, data_json: &str, session_id: Uuid) -> Event {
+    event_at(category, name, data_json, session_id, Utc::now())
+}
+
+/// An event happening at `at`, with a server-assigned event id.
+pub fn event_at(
+    category: &str,
+    name: &str,
+    data_json: &str,
+    session_id: Uuid,
+    at: DateTime<Utc>,
+) -> Event {
+    Event {
+        event_id: String::new(),
+        session_id: session_id.to_string(),
+        category: category.to_owned(),
+        name: name.to_owned(),
+        data_json: data_json.to_owned(),
+        timestamp: Some(to_timestamp(at)),
+    }
+}
+
+/// A `DateTime` as a protobuf timestamp.
+pub(crate) fn to_timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
+}
+
+/// `ACCEPTED`, `DUPLICATE`, `REJECTED` or `UNSPECIFIED` (also for values this client does not
+/// know).
+pub fn status_name(status: i32) -> &'static str {
+    match EventStatus::try_from(status).unwrap_or(EventStatus::Unspecified) {
+        EventStatus::Unspecified => "UNSPECIFIED",
+        EventStatus::Accepted => "ACCEPTED",
+        EventStatus::Duplicate => "DUPLICATE",
+        EventStatus::Rejected => "REJECTED",
+    }
+}
+
+/// A gRPC status for humans: `unauthenticated: unknown or revoked api key`.
+pub fn describe_status(status: &Status) -> String {
+    let code = match status.code() {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    };
+    if status.message().is_empty() {
+        code.to_owned()
+    } else {
+        format!("{code}: {}", status.message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_well() {
+        assert_eq!(status_name(EventStatus::Accepted as i32), "ACCEPTED");
+        assert_eq!(status_name(99), "UNSPECIFIED");
+        assert_eq!(
+            describe_status(&Status::unauthenticated("unknown or revoked api key")),
+            "unauthenticated: unknown or revoked api key"
+        );
+    }
+
+    #[test]
+    fn events_carry_their_type_and_time() {
+        let session = Uuid::new_v4();
+        let at = DateTime::from_timestamp(1_700_000_000, 5).unwrap();
+        let event = event_at("c", "n", "{}", session, at);
+        assert_eq!(event.session_id, session.to_string());
+        assert!(event.event_id.is_empty());
+        let timestamp = event.timestamp.unwrap();
+        assert_eq!((timestamp.seconds, timestamp.nanos), (1_700_000_000, 5));
+    }
+
+    #[tokio::test]
+    async fn bad_keys_and_endpoints_fail_before_connecting() {
+        assert!(matches!(
+            Client::connect("http://127.0.0.1:1", " ").await,
+            Err(ConnectError::InvalidKey)
+        ));
+        assert!(matches!(
+            Client::connect("http://127.0.0.1:1", "eye_\u{1}x").await,
+            Err(ConnectError::InvalidKey)
+        ));
+        assert!(matches!(
+            Client::connect("not a url", "eye_x").await,
+            Err(ConnectError::InvalidEndpoint { .. })
+        ));
+    }
+}

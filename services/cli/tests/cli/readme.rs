@@ -1,0 +1,214 @@
+//! The README's quickstart, run command by command against a fresh `eye dev` (its own private
+//! Postgres, as a newcomer's would be), each output checked against the `#` lines the README
+//! shows under the command: ids, times and spacing aside, each must appear in the output.
+
+use std::{collections::BTreeMap, path::Path, process::Stdio, time::Duration};
+
+use sqlx::PgPool;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+use super::{TempDir, is_key};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// One command of the README and the output lines it shows.
+#[derive(Debug)]
+struct Step {
+    command: String,
+    expected: Vec<String>,
+}
+
+/// The shell blocks of the "Quickstart" section, as steps.
+fn quickstart() -> Vec<Step> {
+    let readme =
+        std::fs::read_to_string(eye_test_support::workspace_root().join("README.md")).unwrap();
+    let start = readme.find("## Quickstart").expect("a Quickstart section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    let mut steps: Vec<Step> = Vec::new();
+    let mut in_block = false;
+    for line in section.lines() {
+        if line.starts_with("```") {
+            in_block = line == "```sh";
+            continue;
+        }
+        if !in_block || line.trim().is_empty() {
+            continue;
+        }
+        match line.strip_prefix('#') {
+            Some(expected) => {
+                steps.last_mut().expect("output after a command").expected.push(expected.to_owned())
+            }
+            None => steps.push(Step { command: line.to_owned(), expected: Vec::new() }),
+        }
+    }
+    steps
+}
+
+/// Ids, times and runs of spaces made comparable.
+fn normalize(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        let is_uuid = word.len() >= 36
+            && word.char_indices().filter(|(_, c)| *c == '-').count() >= 4
+            && word.chars().filter(|c| c.is_ascii_hexdigit()).count() >= 32;
+        let is_time = word.len() >= 20 && word.as_bytes()[4] == b'-' && word.contains('T');
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if is_uuid {
+            let (prefix, rest) =
+                word.split_at(word.find(|c: char| c.is_ascii_hexdigit()).unwrap_or(0));
+            let suffix: String =
+                rest.chars().skip_while(|c| c.is_ascii_hexdigit() || *c == '-').collect();
+            out.push_str(&format!("{prefix}<id>{suffix}"));
+        } else if is_time {
+            out.push_str("<time>");
+        } else {
+            out.push_str(word);
+        }
+    }
+    out
+}
+
+async fn start_dev(home: &Path) -> Child {
+    start_dev_banner(home).await.0
+}
+
+/// `eye dev` in `home` (its own private Postgres, free ports), once its banner is out; the
+/// banner's lines, the key last.
+pub(super) async fn start_dev_banner(home: &Path) -> (Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_eye"))
+        .arg("dev")
+        .current_dir(home)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("EYE__INGEST__PORT", "0")
+        .env("EYE__QUERY__PORT", "0")
+        .env("EYE__METRICS__PORT", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start eye dev");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(TIMEOUT, async {
+        let mut banner = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = is_key(&line);
+            banner.push(line);
+            if done {
+                return banner;
+            }
+        }
+        panic!("eye dev ended before printing its key:\n{}", banner.join("\n"));
+    })
+    .await
+    .expect("eye dev starts");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, banner)
+}
+
+/// Runs `command` with bash in `home`, the test's `eye` first on PATH, and `env`.
+async fn shell(home: &Path, env: &BTreeMap<String, String>, command: &str) -> (bool, String) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_eye")).parent().unwrap().display().to_string();
+    let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+    let output = Command::new("bash")
+        .args(["-c", command])
+        .current_dir(home)
+        .env("PATH", path)
+        .env_remove("DATABASE_URL")
+        .env_remove("EYE_API_KEY")
+        .envs(env)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// The `export NAME='value'` lines of `eye dev env`.
+fn exports(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("export "))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.trim_matches('\'').to_owned()))
+        .collect()
+}
+
+/// Waits until the pipeline has nothing in flight, so that what a command reads was written.
+async fn settled(database_url: &str) {
+    let pool = PgPool::connect(database_url).await.unwrap();
+    eye_test_support::wait_for(&pool, TIMEOUT, "the outbox to drain", || async {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_runs_as_written() {
+    let steps = quickstart();
+    assert!(steps.len() >= 8, "the quickstart has its commands: {steps:?}");
+    let home = TempDir::new();
+    let mut dev: Option<Child> = None;
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for step in &steps {
+        let command = step
+            .command
+            .replace("cargo run --release --bin eye --", "eye")
+            .replace("target/release/eye", "eye");
+        let first = command.split_whitespace().next().unwrap_or_default();
+        if command.starts_with("eye dev ") && !command.starts_with("eye dev stop")
+            || command == "eye dev"
+        {
+            dev = Some(start_dev(&home.0).await);
+            continue;
+        }
+        if first == "cargo" || command.starts_with("export PATH=") {
+            continue; // the tests themselves; this test's `eye` is already first on PATH
+        }
+        if command.starts_with("eye dev stop") {
+            // The README's reader pressed Ctrl-C in the other terminal first.
+            let mut child = dev.take().expect("eye dev was started");
+            let status =
+                Command::new("kill").args(["-INT", &child.id().unwrap().to_string()]).status();
+            assert!(status.await.unwrap().success());
+            child.wait().await.unwrap();
+        } else if let Some(url) = env.get("DATABASE_URL") {
+            settled(url).await;
+        }
+        let output = if let Some(inner) =
+            command.strip_prefix("eval \"$(").and_then(|c| c.split_once(")\""))
+        {
+            let (ok, text) = shell(&home.0, &env, inner.0).await;
+            assert!(ok, "{command}: {text}");
+            env.extend(exports(&text));
+            text
+        } else {
+            let (ok, text) = shell(&home.0, &env, &command).await;
+            assert!(ok, "`{command}` failed:\n{text}");
+            text
+        };
+        let actual = normalize(&output);
+        for expected in &step.expected {
+            let expected = normalize(expected);
+            assert!(
+                actual.contains(&expected),
+                "`{}` printed\n{output}\nwhich lacks the README's\n{expected}",
+                step.command
+            );
+        }
+    }
+    assert!(dev.is_none(), "the quickstart ends by stopping eye dev and its Postgres");
+    assert!(env.contains_key("EYE_API_KEY"), "the quickstart loads the key from `eye dev env`");
+}
