@@ -263,47 +263,36 @@ pub async fn wait_until_serving(channel: Channel, service: &str) {
     }
 }
 
+/// `ListServices` over one version of the reflection protocol (`v1` and `v1alpha` have the same
+/// messages in two packages).
+macro_rules! list_services {
+    ($version:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut client = ServerReflectionClient::new($channel);
+        let mut answers =
+            client.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
+        match answers.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => {
+                list.service.into_iter().map(|s| s.name).collect::<Vec<String>>()
+            }
+            other => panic!("unexpected reflection answer: {other:?}"),
+        }
+    }};
+}
+
 /// The services a server lists through gRPC reflection, sorted: over `grpc.reflection.v1`, or
 /// over the older `v1alpha` that many tools (grpcurl's older builds, Python's
 /// `grpcio-reflection`) still speak.
 pub async fn reflected_services(channel: Channel, v1alpha: bool) -> Vec<String> {
-    let mut names: Vec<String> = if v1alpha {
-        use tonic_reflection::pb::v1alpha::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        };
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut client = ServerReflectionClient::new(channel);
-        let mut answers =
-            client.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
-        match answers.message().await.unwrap().unwrap().message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => {
-                list.service.into_iter().map(|s| s.name).collect()
-            }
-            other => panic!("unexpected reflection answer: {other:?}"),
-        }
-    } else {
-        use tonic_reflection::pb::v1::{
-            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-        };
-        let request = ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        };
-        let mut client = ServerReflectionClient::new(channel);
-        let mut answers =
-            client.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
-        match answers.message().await.unwrap().unwrap().message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => {
-                list.service.into_iter().map(|s| s.name).collect()
-            }
-            other => panic!("unexpected reflection answer: {other:?}"),
-        }
-    };
+    let mut names =
+        if v1alpha { list_services!(v1alpha, channel) } else { list_services!(v1, channel) };
     names.sort();
     names
 }

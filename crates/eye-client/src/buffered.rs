@@ -597,6 +597,50 @@ impl Batch {
     }
 }
 
+/// The background task's state: the batch being filled and the batches in flight.
+struct Sender {
+    shared: Arc<Shared>,
+    client: Client,
+    in_flight: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    batch: Batch,
+}
+
+impl Sender {
+    /// Adds `item` to the batch, sending the batch first if `item` would take it past the byte
+    /// budget, and after if it is full.
+    async fn add(&mut self, item: Item) {
+        let config = &self.shared.config;
+        if !self.batch.items.is_empty() && self.batch.bytes + item.size > config.batch_bytes {
+            self.dispatch().await;
+        }
+        self.batch.push(item);
+        if self.batch.items.len() >= self.shared.config.batch_events {
+            self.dispatch().await;
+        }
+    }
+
+    /// Sends the batch (if any) once fewer than `max_in_flight` batches are on their way.
+    async fn dispatch(&mut self) {
+        if self.batch.items.is_empty() {
+            return;
+        }
+        let permit = self.in_flight.clone().acquire_owned().await.expect("never closed");
+        let items = self.batch.take();
+        let (shared, client) = (self.shared.clone(), self.client.clone());
+        self.tasks.spawn(async move {
+            deliver(&shared, &client, items).await;
+            drop(permit);
+        });
+    }
+
+    /// Sends the batch and waits until every batch sent has its outcomes.
+    async fn drain(&mut self) {
+        self.dispatch().await;
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
 /// The background task: fills batches, dispatches them (at most `max_in_flight` at once),
 /// answers flushes once everything before them is settled, and drains on close.
 async fn send_loop(
@@ -605,32 +649,20 @@ async fn send_loop(
     mut commands: mpsc::UnboundedReceiver<Command>,
     recovered: Vec<Item>,
 ) {
-    let config = &shared.config;
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    let mut tasks = JoinSet::new();
-    let mut batch = Batch::default();
-    let dispatch = |batch: &mut Batch, tasks: &mut JoinSet<()>, permit: OwnedSemaphorePermit| {
-        let items = batch.take();
-        let (shared, client) = (shared.clone(), client.clone());
-        tasks.spawn(async move {
-            deliver(&shared, &client, items).await;
-            drop(permit);
-        });
+    let linger = shared.config.linger;
+    let mut sender = Sender {
+        in_flight: Arc::new(Semaphore::new(shared.config.max_in_flight.max(1))),
+        shared,
+        client,
+        tasks: JoinSet::new(),
+        batch: Batch::default(),
     };
     for item in recovered {
-        if !batch.items.is_empty() && batch.bytes + item.size > config.batch_bytes {
-            let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-            dispatch(&mut batch, &mut tasks, permit);
-        }
-        batch.push(item);
-        if batch.items.len() >= config.batch_events {
-            let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-            dispatch(&mut batch, &mut tasks, permit);
-        }
+        sender.add(item).await;
     }
     loop {
-        let deadline = batch.since.map(|since| since + config.linger);
-        let linger = async {
+        let deadline = sender.batch.since.map(|since| since + linger);
+        let lingered = async {
             match deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
                 None => std::future::pending().await,
@@ -638,39 +670,18 @@ async fn send_loop(
         };
         tokio::select! {
             command = commands.recv() => match command {
-                Some(Command::Item(item)) => {
-                    if !batch.items.is_empty() && batch.bytes + item.size > config.batch_bytes {
-                        let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-                        dispatch(&mut batch, &mut tasks, permit);
-                    }
-                    batch.push(item);
-                    if batch.items.len() >= config.batch_events {
-                        let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-                        dispatch(&mut batch, &mut tasks, permit);
-                    }
-                }
+                Some(Command::Item(item)) => sender.add(item).await,
                 Some(Command::Flush(reply)) => {
-                    if !batch.items.is_empty() {
-                        let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-                        dispatch(&mut batch, &mut tasks, permit);
-                    }
-                    while tasks.join_next().await.is_some() {}
+                    sender.drain().await;
                     let _ = reply.send(());
                 }
                 None => {
-                    if !batch.items.is_empty() {
-                        let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-                        dispatch(&mut batch, &mut tasks, permit);
-                    }
-                    while tasks.join_next().await.is_some() {}
+                    sender.drain().await;
                     return;
                 }
             },
-            () = linger => {
-                let permit = in_flight.clone().acquire_owned().await.expect("never closed");
-                dispatch(&mut batch, &mut tasks, permit);
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = lingered => sender.dispatch().await,
+            Some(_) = sender.tasks.join_next(), if !sender.tasks.is_empty() => {}
         }
     }
 }

@@ -139,24 +139,13 @@ impl LocalPostgres {
     /// needed), or returns the one already running there. Blocks until the
     /// server accepts connections.
     pub fn ensure(options: &Options) -> Result<LocalPostgres, Error> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let bin_dir = find_bin_dir(&path, Path::new(VERSIONS_ROOT))?;
-        let run_as = server_user()?;
-        let base_dir = choose_base_dir(options, run_as.as_deref())?;
+        let mut pg = Self::locate(options)?;
         tracing::info!(
-            base_dir = %base_dir.display(),
-            bin_dir = %bin_dir.display(),
-            user = run_as.as_deref().unwrap_or("(current)"),
+            base_dir = %pg.base_dir.display(),
+            bin_dir = %pg.bin_dir.display(),
+            user = pg.run_as.as_deref().unwrap_or("(current)"),
             "using local postgres"
         );
-        let mut pg = LocalPostgres {
-            url: String::new(),
-            port: 0,
-            data_dir: base_dir.join("data"),
-            base_dir,
-            bin_dir,
-            run_as,
-        };
 
         let _lock = pg.lock()?;
         if !pg.data_dir.exists() {
@@ -174,18 +163,7 @@ impl LocalPostgres {
     /// starting anything; `Ok(false)` when there was none. (`pg_ctl stop` alone refuses to run as
     /// root: this runs it as the server user, as `ensure` does.)
     pub fn stop_existing(options: &Options) -> Result<bool, Error> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let bin_dir = find_bin_dir(&path, Path::new(VERSIONS_ROOT))?;
-        let run_as = server_user()?;
-        let base_dir = choose_base_dir(options, run_as.as_deref())?;
-        let pg = LocalPostgres {
-            url: String::new(),
-            port: 0,
-            data_dir: base_dir.join("data"),
-            base_dir,
-            bin_dir,
-            run_as,
-        };
+        let pg = Self::locate(options)?;
         if !pg.data_dir.exists() {
             return Ok(false);
         }
@@ -197,6 +175,22 @@ impl LocalPostgres {
         let mut cmd = pg.pg_ctl_command();
         cmd.args(["-m", "fast", "-w", "stop"]);
         run(cmd).map(|_| true)
+    }
+
+    /// Where the server of `options` lives and how to run its commands; nothing started yet.
+    fn locate(options: &Options) -> Result<LocalPostgres, Error> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let bin_dir = find_bin_dir(&path, Path::new(VERSIONS_ROOT))?;
+        let run_as = server_user()?;
+        let base_dir = choose_base_dir(options, run_as.as_deref())?;
+        Ok(LocalPostgres {
+            url: String::new(),
+            port: 0,
+            data_dir: base_dir.join("data"),
+            base_dir,
+            bin_dir,
+            run_as,
+        })
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/postgres` (trust authentication).

@@ -170,10 +170,7 @@ async fn keys_are_checked() {
     client.send_events(authorized(request(), &key)).await.unwrap();
     // Revocation takes effect once the cached answer expires (5 s by default); a fresh server
     // has no cache, so it refuses at once.
-    sqlx::query("UPDATE applications SET revoked_at = now() WHERE name = 'shop'")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    eye_admin::apps::revoke(&db.pool, "shop").await.unwrap();
     let pipeline2 = Pipeline::start(&db, 0, 0).await;
     let revoked =
         pipeline2.client().await.send_events(authorized(request(), &key)).await.unwrap_err();

@@ -50,6 +50,24 @@ async fn applications_keys_and_revocation() {
 }
 
 #[tokio::test]
+async fn a_revoked_application_s_keys_are_refused_even_if_a_key_row_escaped() {
+    let db = TestDb::new().await;
+    let issued = apps::create(&db.pool, "shop", &[Role::Ingest]).await.unwrap();
+    // Only the application row revoked (as if a key had been issued past the revocation): the
+    // lookup joins the application, so the key still fails.
+    sqlx::query("UPDATE applications SET revoked_at = now() WHERE id = $1")
+        .bind(issued.application_id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let auth = eye_service::auth::Authenticator::new(db.pool.clone(), std::time::Duration::ZERO);
+    let bearer = format!("Bearer {}", issued.key);
+    let refused = auth.authenticate(Some(&bearer), Role::Ingest).await.unwrap_err();
+    assert!(matches!(refused, eye_service::auth::AuthError::Invalid), "{refused}");
+    assert_eq!(apps::key_holder(&db.pool, &issued.key).await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn ensuring_an_application_is_idempotent() {
     let db = TestDb::new().await;
     let id = apps::ensure(&db.pool, "loader").await.unwrap();

@@ -31,7 +31,7 @@ async fn eye_in(home: &Path, args: &[&str]) -> super::Run {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dev_per_directory_a_kept_key_and_a_way_to_stop() {
     let home = TempDir::new();
-    let (mut first, banner) = super::readme::start_dev_banner(&home.0).await;
+    let (mut first, banner) = super::start_dev(&home.0, &[]).await;
     let key = banner.last().unwrap().clone();
     assert!(super::is_key(&key), "the key is the last line: {banner:?}");
     let banner = banner.join("\n");
@@ -63,7 +63,7 @@ async fn one_dev_per_directory_a_kept_key_and_a_way_to_stop() {
     assert!(first.wait().await.unwrap().success());
 
     // The next run reuses the key.
-    let (mut again, banner) = super::readme::start_dev_banner(&home.0).await;
+    let (mut again, banner) = super::start_dev(&home.0, &[]).await;
     assert_eq!(banner.last().unwrap(), &key, "the key is reused");
     assert!(banner.join("\n").contains("the same as last run"), "{banner:?}");
     let status = Command::new("kill").args(["-TERM", &again.id().unwrap().to_string()]).status();

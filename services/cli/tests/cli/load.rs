@@ -163,38 +163,14 @@ async fn a_producer_stopped_with_sigterm_delivers_everything_it_tracked() {
 
 /// `eye dev` on `port` against `database_url`, serving once its banner (ending in a key) is out.
 async fn start_dev(home: &TempDir, database_url: &str, port: u16) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eye"))
-        .arg("dev")
-        // A directory of its own: `eye dev` keeps its lock and state in ./.eye.
-        .current_dir(&home.0)
-        .env("DATABASE_URL", database_url)
-        .env("EYE__INGEST__HOST", "127.0.0.1")
-        .env("EYE__INGEST__PORT", port.to_string())
-        .env("EYE__QUERY__HOST", "127.0.0.1")
-        .env("EYE__QUERY__PORT", "0")
-        .env("EYE__METRICS__PORT", "0")
-        .env("EYE__VALIDATOR__CONSUMER__POLL_INTERVAL_MS", "200")
-        .env("EYE__WRITER__CONSUMER__POLL_INTERVAL_MS", "200")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start eye dev");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::time::timeout(TIMEOUT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if super::is_key(line.trim()) {
-                return;
-            }
-        }
-        panic!("eye dev ended before serving");
-    })
-    .await
-    .expect("eye dev starts");
-    // Keep draining its stdout so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    child
+    let port = port.to_string();
+    let env = [
+        ("DATABASE_URL", database_url),
+        ("EYE__INGEST__PORT", port.as_str()),
+        ("EYE__VALIDATOR__CONSUMER__POLL_INTERVAL_MS", "200"),
+        ("EYE__WRITER__CONSUMER__POLL_INTERVAL_MS", "200"),
+    ];
+    super::start_dev(&home.0, &env).await.0
 }
 
 fn free_port() -> u16 {

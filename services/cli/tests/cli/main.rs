@@ -1,7 +1,10 @@
 //! The real `eye` binary, run as a process against a fresh database per test.
 
 use eye_service::pipeline::stage;
-use std::{path::PathBuf, process::ExitStatus};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitStatus,
+};
 
 use eye_test_support::TestDb;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +61,44 @@ async fn eye_with_env(database_url: &str, args: &[&str], env: &[(&str, &str)]) -
 
 fn is_key(line: &str) -> bool {
     line.len() == 68 && line.starts_with("eye_") && line[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// `eye dev` in `home` (without a configured database, on free ports, unless `env` says
+/// otherwise), once its banner is out; the banner's lines, the key last. Its stdout keeps being
+/// drained so that it never blocks on a full pipe.
+async fn start_dev(home: &Path, env: &[(&str, &str)]) -> (tokio::process::Child, Vec<String>) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_eye"))
+        .arg("dev")
+        // `eye dev` keeps its lock and state in ./.eye: one directory per instance.
+        .current_dir(home)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .env("EYE__INGEST__PORT", "0")
+        .env("EYE__QUERY__PORT", "0")
+        .env("EYE__METRICS__PORT", "0")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start eye dev");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = tokio::time::timeout(std::time::Duration::from_secs(180), async {
+        let mut banner = Vec::new();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let done = is_key(&line);
+            banner.push(line);
+            if done {
+                return banner;
+            }
+        }
+        panic!("eye dev ended before printing its key:\n{}", banner.join("\n"));
+    })
+    .await
+    .expect("eye dev starts");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, banner)
 }
 
 /// A directory of its own for a test's files, removed when dropped.

@@ -2,15 +2,12 @@
 //! Postgres, as a newcomer's would be), each output checked against the `#` lines the README
 //! shows under the command: ids, times and spacing aside, each must appear in the output.
 
-use std::{collections::BTreeMap, path::Path, process::Stdio, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use sqlx::PgPool;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 
-use super::{TempDir, is_key};
+use super::TempDir;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -74,44 +71,6 @@ fn normalize(text: &str) -> String {
     out
 }
 
-async fn start_dev(home: &Path) -> Child {
-    start_dev_banner(home).await.0
-}
-
-/// `eye dev` in `home` (its own private Postgres, free ports), once its banner is out; the
-/// banner's lines, the key last.
-pub(super) async fn start_dev_banner(home: &Path) -> (Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_eye"))
-        .arg("dev")
-        .current_dir(home)
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .env("EYE__INGEST__PORT", "0")
-        .env("EYE__QUERY__PORT", "0")
-        .env("EYE__METRICS__PORT", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start eye dev");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let banner = tokio::time::timeout(TIMEOUT, async {
-        let mut banner = Vec::new();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            let done = is_key(&line);
-            banner.push(line);
-            if done {
-                return banner;
-            }
-        }
-        panic!("eye dev ended before printing its key:\n{}", banner.join("\n"));
-    })
-    .await
-    .expect("eye dev starts");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, banner)
-}
-
 /// Runs `command` with bash in `home`, the test's `eye` first on PATH, and `env`.
 async fn shell(home: &Path, env: &BTreeMap<String, String>, command: &str) -> (bool, String) {
     let bin = Path::new(env!("CARGO_BIN_EXE_eye")).parent().unwrap().display().to_string();
@@ -171,7 +130,7 @@ async fn the_quickstart_runs_as_written() {
         if command.starts_with("eye dev ") && !command.starts_with("eye dev stop")
             || command == "eye dev"
         {
-            dev = Some(start_dev(&home.0).await);
+            dev = Some(super::start_dev(&home.0, &[]).await.0);
             continue;
         }
         if first == "cargo" || command.starts_with("export PATH=") {
