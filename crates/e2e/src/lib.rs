@@ -119,6 +119,24 @@ impl Pipeline {
         format!("http://127.0.0.1:{}", self.ingest_port)
     }
 
+    /// A channel to the ingest server (for health, reflection, raw calls).
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .expect("an endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// A channel to the query server.
+    pub async fn query_channel(&self) -> Channel {
+        Channel::from_shared(self.query_endpoint())
+            .expect("an endpoint")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     /// A gRPC client of the ingest service.
     pub async fn client(&self) -> IngestServiceClient<Channel> {
         IngestServiceClient::connect(self.endpoint()).await.expect("connect to ingest")
@@ -190,6 +208,14 @@ pub async fn create_key(pool: &PgPool, name: &str, roles: &[&str]) -> (Uuid, Str
         roles.iter().map(|role| Role::from_name(role).expect("a known role")).collect();
     let issued = eye_admin::apps::create(pool, name, &roles).await.expect("create application");
     (issued.application_id, issued.key)
+}
+
+/// A fresh database with an application `name` holding one key with `roles`: (the database,
+/// the application's id, the key). The opening of most pipeline tests.
+pub async fn db_with_key(name: &str, roles: &[&str]) -> (TestDb, Uuid, String) {
+    let db = TestDb::new().await;
+    let (application_id, key) = create_key(&db.pool, name, roles).await;
+    (db, application_id, key)
 }
 
 /// Registers the JSON Schemas shipped in `schemas/` (version 1 of their types in a fresh

@@ -47,27 +47,16 @@ impl QueryClient {
         filter: EventFilter,
         limit: usize,
     ) -> Result<Listing<StoredEvent>, Status> {
-        let mut listing = Listing::default();
-        let mut page_token = String::new();
-        loop {
-            let request = ListEventsRequest {
-                filter: Some(filter.clone()),
-                page_size: page_size(limit, listing.items.len()),
-                page_token,
-            };
-            let page = self
-                .inner
-                .clone()
-                .list_events(self.connection.request(request))
-                .await?
-                .into_inner();
-            listing.items.extend(page.events);
-            page_token = page.next_page_token;
-            if page_token.is_empty() || listing.items.len() >= limit {
-                listing.truncated = !page_token.is_empty();
-                return Ok(listing);
+        let (listing, ()) = follow(limit, |page_size, page_token| {
+            let request = ListEventsRequest { filter: Some(filter.clone()), page_size, page_token };
+            let mut inner = self.inner.clone();
+            async move {
+                let page = inner.list_events(self.connection.request(request)).await?.into_inner();
+                Ok((page.events, page.next_page_token, ()))
             }
-        }
+        })
+        .await?;
+        Ok(listing)
     }
 
     /// A session's summary and up to `limit` of its events, in time order. An unknown session is
@@ -77,61 +66,35 @@ impl QueryClient {
         session_id: &str,
         limit: usize,
     ) -> Result<(SessionSummary, Listing<StoredEvent>), Status> {
-        let mut listing = Listing::default();
-        let mut page_token = String::new();
-        loop {
-            let request = GetSessionRequest {
-                session_id: session_id.to_owned(),
-                page_size: page_size(limit, listing.items.len()),
-                page_token,
-            };
-            let page = self
-                .inner
-                .clone()
-                .get_session(self.connection.request(request))
-                .await?
-                .into_inner();
-            listing.items.extend(page.events);
-            page_token = page.next_page_token;
-            if page_token.is_empty() || listing.items.len() >= limit {
-                listing.truncated = !page_token.is_empty();
-                let summary = page.session.unwrap_or_default();
-                return Ok((summary, listing));
+        let (listing, summary) = follow(limit, |page_size, page_token| {
+            let session_id = session_id.to_owned();
+            let request = GetSessionRequest { session_id, page_size, page_token };
+            let mut inner = self.inner.clone();
+            async move {
+                let page = inner.get_session(self.connection.request(request)).await?.into_inner();
+                Ok((page.events, page.next_page_token, page.session.unwrap_or_default()))
             }
-        }
+        })
+        .await?;
+        Ok((summary, listing))
     }
 
     /// Up to `limit` quarantined events matching `filter`, newest first, and the counts per
-    /// reason over the whole filter.
+    /// reason over the whole filter (as counted with the first page).
     pub async fn list_errors(
         &self,
         filter: ErrorFilter,
         limit: usize,
     ) -> Result<(Listing<EventError>, Vec<ReasonCount>), Status> {
-        let mut listing = Listing::default();
-        let mut counts = None;
-        let mut page_token = String::new();
-        loop {
-            let request = ListErrorsRequest {
-                filter: Some(filter.clone()),
-                page_size: page_size(limit, listing.items.len()),
-                page_token,
-            };
-            let page = self
-                .inner
-                .clone()
-                .list_errors(self.connection.request(request))
-                .await?
-                .into_inner();
-            listing.items.extend(page.errors);
-            // Counted with the first page; later pages count again, possibly newer rows.
-            counts.get_or_insert(page.counts);
-            page_token = page.next_page_token;
-            if page_token.is_empty() || listing.items.len() >= limit {
-                listing.truncated = !page_token.is_empty();
-                return Ok((listing, counts.unwrap_or_default()));
+        follow(limit, |page_size, page_token| {
+            let request = ListErrorsRequest { filter: Some(filter.clone()), page_size, page_token };
+            let mut inner = self.inner.clone();
+            async move {
+                let page = inner.list_errors(self.connection.request(request)).await?.into_inner();
+                Ok((page.errors, page.next_page_token, page.counts))
             }
-        }
+        })
+        .await
     }
 
     /// One `ReplayErrors` call (see `ReplayErrorsRequest` for what it selects).
@@ -157,6 +120,30 @@ impl QueryClient {
             .get_stats(self.connection.request(GetStatsRequest { window }))
             .await?
             .into_inner())
+    }
+}
+
+/// Follows page tokens from the first page until `limit` items are read or the pages end;
+/// `fetch(page_size, page_token)` reads one page: its items, the next token, and a value of the
+/// page's own (a session's summary, the counts per reason), of which the first page's is kept:
+/// later pages may count newer rows.
+async fn follow<T, V, F, Fut>(limit: usize, mut fetch: F) -> Result<(Listing<T>, V), Status>
+where
+    F: FnMut(i32, String) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, String, V), Status>>,
+{
+    let mut listing = Listing { items: Vec::new(), truncated: false };
+    let mut first = None;
+    let mut page_token = String::new();
+    loop {
+        let (items, next, value) = fetch(page_size(limit, listing.items.len()), page_token).await?;
+        listing.items.extend(items);
+        first.get_or_insert(value);
+        page_token = next;
+        if page_token.is_empty() || listing.items.len() >= limit {
+            listing.truncated = !page_token.is_empty();
+            return Ok((listing, first.expect("a page was read")));
+        }
     }
 }
 

@@ -199,7 +199,7 @@ pub enum SchemasCommand {
     List,
 }
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct SendArgs {
     /// Category of the event, e.g. "page interaction".
     #[arg(long)]
@@ -225,24 +225,10 @@ pub struct SendArgs {
     /// API key with the `ingest` role (prefer the environment variable: arguments are visible to
     /// other users of the machine).
     #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
-    pub key: Option<String>,
+    pub key: Option<ApiKey>,
 }
 
-/// Never shows the key.
-impl std::fmt::Debug for SendArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendArgs")
-            .field("category", &self.category)
-            .field("name", &self.name)
-            .field("session", &self.session)
-            .field("event_id", &self.event_id)
-            .field("timestamp", &self.timestamp)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct LoadArgs {
     /// Events to track.
     #[arg(long)]
@@ -285,27 +271,32 @@ pub struct LoadArgs {
     pub endpoint: String,
     /// API key with the `ingest` role (EYE_API_KEY).
     #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
-    pub key: Option<String>,
+    pub key: Option<ApiKey>,
 }
 
-/// Never shows the key.
-impl std::fmt::Debug for LoadArgs {
+/// An API key given on the command line or in `EYE_API_KEY`: never shown by `Debug`.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl std::str::FromStr for ApiKey {
+    type Err = std::convert::Infallible;
+
+    fn from_str(key: &str) -> Result<Self, Self::Err> {
+        Ok(Self(key.trim().to_owned()))
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadArgs")
-            .field("events", &self.events)
-            .field("rate", &self.rate)
-            .field("seed", &self.seed)
-            .field("batch", &self.batch)
-            .field("endpoint", &self.endpoint)
-            .finish_non_exhaustive()
+        f.write_str("ApiKey(..)")
     }
 }
 
 /// The API key of a command that talks to a server: `--key`, else `EYE_API_KEY`; a clear
 /// message naming both when neither is set.
-pub fn api_key(key: &Option<String>) -> anyhow::Result<&str> {
-    match key.as_deref().map(str::trim) {
-        Some(key) if !key.is_empty() => Ok(key),
+pub fn api_key(key: &Option<ApiKey>) -> anyhow::Result<&str> {
+    match key {
+        Some(ApiKey(key)) if !key.is_empty() => Ok(key),
         _ => anyhow::bail!(
             "no API key: set EYE_API_KEY (with `eye dev` running: eval \"$(eye dev env)\") or \
              pass --key"
@@ -314,7 +305,7 @@ pub fn api_key(key: &Option<String>) -> anyhow::Result<&str> {
 }
 
 /// How the query commands reach the query server, and how they print.
-#[derive(Clone, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct QueryArgs {
     /// The query server.
     #[arg(
@@ -326,20 +317,10 @@ pub struct QueryArgs {
     /// API key with the `read` role (prefer the environment variable: arguments are visible to
     /// other users of the machine).
     #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
-    pub key: Option<String>,
+    pub key: Option<ApiKey>,
     /// Print one JSON object per line (each with a "kind") instead of a table.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Never shows the key.
-impl std::fmt::Debug for QueryArgs {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QueryArgs")
-            .field("endpoint", &self.endpoint)
-            .field("json", &self.json)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Args)]

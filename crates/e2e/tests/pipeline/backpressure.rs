@@ -1,7 +1,7 @@
 //! Back-pressure: ingest refuses at once, with a retry hint, and recovers by itself.
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, count, create_key, event};
+use eye_e2e::{Pipeline, authorized, count, db_with_key, event};
 use eye_proto::v1::{SendEventsRequest, ingest_service_client::IngestServiceClient};
 use eye_test_support::TestDb;
 use serde_json::json;
@@ -17,8 +17,7 @@ fn one_event() -> SendEventsRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_over_the_bound_is_refused_until_it_drains() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let mut settings = Pipeline::settings(&db);
     settings.ingest.max_backlog_rows = 3;
     settings.ingest.backlog_check_ms = 20;

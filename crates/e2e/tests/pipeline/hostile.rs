@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, create_key, event};
+use eye_e2e::{Pipeline, authorized, db_with_key, event};
 use eye_proto::v1::{EventStatus, SendEventsRequest};
 use eye_service::auth::{AuthError, Authenticator, Role};
 use eye_test_support::TestDb;
@@ -21,8 +21,7 @@ fn one_event() -> SendEventsRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_wire_closes_that_connection_only() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let pipeline = Pipeline::start(&db, 0, 0).await;
     let mut client = pipeline.client().await;
     for garbage in [
@@ -46,8 +45,7 @@ async fn garbage_on_the_wire_closes_that_connection_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_sends_headers_and_stalls_is_cut_off() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let mut settings = Pipeline::settings(&db);
     settings.ingest.request_timeout_ms = 300;
     let pipeline = Pipeline::start_with(settings, 0, 0, false).await;

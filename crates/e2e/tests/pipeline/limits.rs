@@ -1,17 +1,15 @@
 //! Batch limits and per-event rejections at ingest.
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, count, create_key, event};
+use eye_e2e::{Pipeline, authorized, count, db_with_key, event};
 use eye_proto::v1::{EventStatus, SendEventsRequest};
-use eye_test_support::TestDb;
 use serde_json::json;
 use tonic::Code;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_over_the_limits_fail_whole_and_bad_events_fail_alone() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let pipeline = Pipeline::start(&db, 0, 0).await;
     let mut client = pipeline.client().await;
     let session = Uuid::new_v4();

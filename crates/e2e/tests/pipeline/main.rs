@@ -11,7 +11,9 @@ mod tls;
 use std::time::Duration;
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, count, create_key, event, register_example_schemas};
+use eye_e2e::{
+    Pipeline, authorized, count, create_key, db_with_key, event, register_example_schemas,
+};
 use eye_proto::v1::{EventStatus, SendEventsRequest};
 use eye_test_support::{TestDb, wait_for};
 use serde_json::json;
@@ -149,8 +151,7 @@ async fn events_flow_from_ingest_to_store_and_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_checked() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let (_, read_only) = create_key(&db.pool, "analyst", &["read"]).await;
     let pipeline = Pipeline::start(&db, 0, 0).await;
     let mut client = pipeline.client().await;
@@ -183,11 +184,7 @@ async fn keys_are_checked() {
 async fn servers_report_health_once_the_database_answers() {
     let db = TestDb::new().await;
     let pipeline = Pipeline::start(&db, 0, 0).await;
-    let channel = tonic::transport::Endpoint::from_shared(pipeline.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = pipeline.channel().await;
     eye_e2e::wait_until_serving(channel, "eye.v1.IngestService").await;
     pipeline.stop().await;
 }
@@ -196,11 +193,7 @@ async fn servers_report_health_once_the_database_answers() {
 async fn ingest_reflection_lists_exactly_its_services_in_both_protocols() {
     let db = TestDb::new().await;
     let pipeline = Pipeline::start(&db, 0, 0).await;
-    let channel = tonic::transport::Endpoint::from_shared(pipeline.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = pipeline.channel().await;
     let expected = eye_e2e::expected_services("eye.v1.IngestService");
     for v1alpha in [false, true] {
         let services = eye_e2e::reflected_services(channel.clone(), v1alpha).await;

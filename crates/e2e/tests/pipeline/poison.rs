@@ -5,16 +5,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use event_model::{ApplicationId, Event, EventId, EventType, SessionId, batch};
-use eye_e2e::{Pipeline, count, create_key};
+use eye_e2e::{Pipeline, count, db_with_key};
 use eye_proto::v1::EventBatch;
-use eye_test_support::{TestDb, wait_for};
+use eye_test_support::wait_for;
 use prost::Message;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_split_off_retried_and_dead_lettered_alone() {
-    let db = TestDb::new().await;
-    let (app, _) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, app, _) = db_with_key("shop", &["ingest"]).await;
     let session = SessionId(Uuid::new_v4());
     // Ten events, the seventh with a string `jsonb` refuses (ingest would reject it; this row is
     // written straight into the writer's stage, as a buggy or older producer might).

@@ -1,17 +1,15 @@
 //! Optional TLS: with a certificate configured, a TLS client is served and plaintext is refused.
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, create_key, event};
+use eye_e2e::{Pipeline, authorized, db_with_key, event};
 use eye_proto::v1::{EventStatus, SendEventsRequest, ingest_service_client::IngestServiceClient};
-use eye_test_support::TestDb;
 use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_are_served_and_plaintext_is_refused() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = std::env::temp_dir().join(format!("eye-tls-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -10,7 +10,7 @@ use std::{
 };
 
 use eye_client::{Client, Config, EyeClient, NewEvent, Outcome, OutcomeKind, Overflow};
-use eye_e2e::{Pipeline, count, create_key};
+use eye_e2e::{Pipeline, count, db_with_key};
 use eye_test_support::{TestDb, wait_for};
 use serde_json::json;
 use uuid::Uuid;
@@ -47,8 +47,7 @@ async fn wait_stored(db: &TestDb, ids: &[Uuid]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracked_events_are_stored_once_with_their_ids_and_session() {
-    let db = TestDb::new().await;
-    let (app, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, app, key) = db_with_key("shop", &["ingest"]).await;
     let pipeline = Pipeline::start(&db, 1, 1).await;
     let mut config = Config::new(pipeline.endpoint(), key);
     config.batch_events = 7;
@@ -87,8 +86,7 @@ async fn tracked_events_are_stored_once_with_their_ids_and_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_id_counts_as_delivered_and_rejections_are_reported() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let pipeline = Pipeline::start(&db, 1, 1).await;
     // The first attempt's answer "was lost": the event is already there when the client sends.
     let id = Uuid::now_v7();
@@ -119,8 +117,7 @@ async fn a_resent_id_counts_as_delivered_and_rejections_are_reported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_over_the_server_limit_are_split_not_lost() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let pipeline = Pipeline::start(&db, 1, 1).await;
     let mut config = Config::new(pipeline.endpoint(), key);
     config.batch_events = 2_500; // the server takes 1,000 per call
@@ -191,8 +188,7 @@ async fn a_full_queue_drops_and_counts_and_nothing_is_unaccounted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spool_keeps_what_was_not_delivered_for_the_next_client() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let spool = std::env::temp_dir().join(format!("eye-client-spool-{}", Uuid::new_v4()));
     // First run: the server is unreachable, so nothing is delivered before shutdown.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -225,8 +221,7 @@ async fn the_spool_keeps_what_was_not_delivered_for_the_next_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_endpoints_are_reached_over_tls_with_a_given_ca() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = std::env::temp_dir().join(format!("eye-client-tls-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();

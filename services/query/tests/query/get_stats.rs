@@ -5,8 +5,7 @@ use eye_service::pipeline;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_report_depth_lag_and_recent_counts() {
-    let db = TestDb::new().await;
-    let (app, ingest_key) = create_key(&db.pool, "shop", &["ingest", "read"]).await;
+    let (db, app, ingest_key) = db_with_key("shop", &["ingest", "read"]).await;
     // No validator or writer: what ingest accepts waits in `validate`.
     let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
     let mut ingest = pipeline.client().await;

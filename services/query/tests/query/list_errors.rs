@@ -4,8 +4,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_listed_by_filter_newest_first_with_counts() {
-    let db = TestDb::new().await;
-    let (shop, key) = create_key(&db.pool, "shop", &["read"]).await;
+    let (db, shop, key) = db_with_key("shop", &["read"]).await;
     let (blog, _) = create_key(&db.pool, "blog", &["ingest"]).await;
     let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
     let mut query = pipeline.query_client().await;

@@ -11,7 +11,8 @@ use std::{collections::HashSet, time::Duration};
 
 use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use eye_e2e::{
-    Pipeline, authorized, count, create_key, event, register_example_schemas, register_schema,
+    Pipeline, authorized, count, create_key, db_with_key, event, register_example_schemas,
+    register_schema,
 };
 use eye_proto::v1::{
     ErrorFilter, Event, EventBatch, EventFilter, EventStatus, GetSessionRequest, GetStatsRequest,
@@ -223,8 +224,7 @@ fn assert_invalid(status: &tonic::Status, field: &str, request: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_needs_a_key_with_the_read_role() {
-    let db = TestDb::new().await;
-    let (_, ingest_only) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, ingest_only) = db_with_key("shop", &["ingest"]).await;
     let (_, reader) = create_key(&db.pool, "analyst", &["read"]).await;
     let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
     let mut query = pipeline.query_client().await;
@@ -267,8 +267,7 @@ async fn every_rpc_needs_a_key_with_the_read_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_arguments_name_the_field() {
-    let db = TestDb::new().await;
-    let (app, key) = create_key(&db.pool, "analyst", &["read"]).await;
+    let (db, app, key) = db_with_key("analyst", &["read"]).await;
     let session = Uuid::new_v4();
     for n in 0..3 {
         insert_event(&db.pool, app, session, "c", Utc::now() - chrono::Duration::seconds(n)).await;
@@ -420,11 +419,7 @@ async fn invalid_arguments_name_the_field() {
 async fn query_server_serves_health_and_reflection() {
     let db = TestDb::new().await;
     let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
-    let channel = tonic::transport::Endpoint::from_shared(pipeline.query_endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = pipeline.query_channel().await;
 
     eye_e2e::wait_until_serving(channel.clone(), "eye.v1.QueryService").await;
     let expected = eye_e2e::expected_services("eye.v1.QueryService");
@@ -437,8 +432,7 @@ async fn query_server_serves_health_and_reflection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_failures_reach_clients_without_sql() {
-    let db = TestDb::new().await;
-    let (_, key) = create_key(&db.pool, "analyst", &["read"]).await;
+    let (db, _, key) = db_with_key("analyst", &["read"]).await;
     let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
     let mut query = pipeline.query_client().await;
     // A broken schema: every statement on `sessions` now fails in the database.

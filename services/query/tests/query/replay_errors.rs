@@ -149,8 +149,7 @@ async fn replayed_errors_are_stored_once_after_a_schema_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_enqueues_each_error_once_while_in_flight() {
-    let db = TestDb::new().await;
-    let (shop, key) = create_key(&db.pool, "shop", &["read"]).await;
+    let (db, shop, key) = db_with_key("shop", &["read"]).await;
     let (blog, _) = create_key(&db.pool, "blog", &["ingest"]).await;
     // No validator: replayed errors stay in flight.
     let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
