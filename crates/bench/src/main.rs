@@ -80,8 +80,8 @@ struct Args {
     /// Approximate payload size in bytes.
     #[arg(long, default_value_t = 200)]
     payload_bytes: usize,
-    /// Tasks tracking at once in `eye load` (client scenarios): with the spool, concurrent
-    /// tracks share fsyncs.
+    /// Tasks tracking at once in `eye load` with the spool (`client-spool`): concurrent tracks
+    /// share fsyncs. (`client` tracks from one task.)
     #[arg(long, default_value_t = 16)]
     producers: usize,
     /// Where the service binaries are.
@@ -535,7 +535,9 @@ async fn client_load(
         .arg("load")
         .args(["--events", &args.events.to_string(), "--seed", &seed.to_string()])
         .args(["--batch", &args.batch.to_string(), "--concurrency", &args.concurrency.to_string()])
-        .args(["--producers", &args.producers.to_string()])
+        // One producer, as a plain program tracks; the spool's group fsync needs concurrent
+        // tracks to share fsyncs, as a busy service has.
+        .args(["--producers", &if spool { args.producers } else { 1 }.to_string()])
         .args(["--payload-bytes", &args.payload_bytes.to_string()])
         .env("EYE_ENDPOINT", endpoint)
         .env("EYE_API_KEY", key)

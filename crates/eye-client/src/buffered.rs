@@ -16,7 +16,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use eye_proto::v1::{self as pb, EventStatus, SendEventsRequest};
+use eye_proto::v1::{self as pb, EventStatus};
 use prost::Message;
 use secrecy::SecretString;
 use tokio::{
@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 use crate::{
     connection::{ConnectError, ConnectOptions, Connection},
-    ingest::{Client, to_timestamp},
+    ingest::{Client, EncodedRequest, to_timestamp},
     retry::{RetryPolicy, Verdict, verdict},
     spool::{Spool, SpoolError},
 };
@@ -230,10 +230,10 @@ fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
-/// One queued event.
+/// One queued event, encoded once (`eye.v1.Event`): every attempt sends these bytes.
 #[derive(Debug)]
 struct Item {
-    event: pb::Event,
+    encoded: bytes::Bytes,
     id: Uuid,
     size: usize,
     /// The spool segment holding it.
@@ -364,11 +364,14 @@ impl EyeClient {
         });
         let recovered: Vec<Item> = recovered
             .into_iter()
-            .map(|(event, segment)| Item {
-                id: Uuid::parse_str(&event.event_id).unwrap_or_default(),
-                size: event.encoded_len(),
-                event,
-                segment: Some(segment),
+            .map(|(event, segment)| {
+                let encoded = bytes::Bytes::from(event.encode_to_vec());
+                Item {
+                    id: Uuid::parse_str(&event.event_id).unwrap_or_default(),
+                    size: encoded.len(),
+                    encoded,
+                    segment: Some(segment),
+                }
             })
             .collect();
         if !recovered.is_empty() {
@@ -419,7 +422,8 @@ impl EyeClient {
             data_json: event.data_json,
             timestamp: Some(to_timestamp(event.timestamp.unwrap_or_else(Utc::now))),
         };
-        let size = wire.encoded_len();
+        let encoded = bytes::Bytes::from(wire.encode_to_vec());
+        let size = encoded.len();
         let shared = &self.shared;
         let block = shared.config.overflow == Overflow::Block;
         let permits = match acquire(shared, size, block).await {
@@ -428,7 +432,7 @@ impl EyeClient {
         };
         let segment = match &shared.spool {
             None => None,
-            Some(spool) => match spool.append(&wire, block).await {
+            Some(spool) => match spool.append(&encoded, block).await {
                 Ok(segment) => Some(segment),
                 Err(SpoolError::Full { .. }) => {
                     return Err(self.drop_event(id, TrackError::SpoolFull));
@@ -444,7 +448,7 @@ impl EyeClient {
         if segment.is_some() {
             add(&shared.counters.spooled, 1);
         }
-        let item = Item { event: wire, id, size, segment };
+        let item = Item { encoded, id, size, segment };
         let sent = self
             .commands
             .lock()
@@ -709,16 +713,15 @@ async fn deliver_once(
     let started = Instant::now();
     let mut retries = 0u32;
     let mut give_up = shared.give_up.subscribe();
+    let body = EncodedRequest::body(items.iter().map(|item| &item.encoded));
     loop {
         if *give_up.borrow() {
             return fail(shared, &items, "the client shut down before delivery was confirmed");
         }
-        let request = SendEventsRequest {
-            events: items.iter().map(|item| item.event.clone()).collect(),
-            sent_at: Some(to_timestamp(Utc::now())),
-        };
+        let request =
+            EncodedRequest { body: body.clone(), sent_at: Some(to_timestamp(Utc::now())) };
         add(&shared.counters.sent, items.len() as u64);
-        let status = match client.send_request(request).await {
+        let status = match client.send_encoded(request).await {
             Ok(response) if response.results.len() == items.len() => {
                 for (item, result) in items.iter().zip(response.results) {
                     let kind = match result.status() {

@@ -116,10 +116,10 @@ impl Spool {
         Ok((Self { inner }, recovered))
     }
 
-    /// Appends `event` and waits until it is on disk (fsynced); returns its segment. When the
-    /// spool is full, waits for room (`block`) or fails with [`SpoolError::Full`].
-    pub(crate) async fn append(&self, event: &Event, block: bool) -> Result<u64, SpoolError> {
-        let payload = event.encode_to_vec();
+    /// Appends an encoded `eye.v1.Event` and waits until it is on disk (fsynced); returns its
+    /// segment. When the spool is full, waits for room (`block`) or fails with
+    /// [`SpoolError::Full`].
+    pub(crate) async fn append(&self, payload: &[u8], block: bool) -> Result<u64, SpoolError> {
         let size = HEADER_BYTES + payload.len() as u64;
         loop {
             let room = self.inner.space.notified();
@@ -137,8 +137,8 @@ impl Spool {
         }
         let mut record = Vec::with_capacity(size as usize);
         record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        record.extend_from_slice(&payload);
+        record.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        record.extend_from_slice(payload);
         let (reply, answer) = oneshot::channel();
         let sent = self
             .inner
@@ -329,7 +329,7 @@ mod tests {
         assert!(recovered.is_empty());
         let mut segments = Vec::new();
         for n in 0..3 {
-            segments.push(spool.append(&event(n), true).await.unwrap());
+            segments.push(spool.append(&event(n).encode_to_vec(), true).await.unwrap());
         }
         spool.answered(segments[0]);
         drop(spool); // a crash: nothing sealed, nothing deleted
@@ -344,7 +344,7 @@ mod tests {
             spool.answered(*segment);
         }
         assert!(!path.exists(), "a sealed, fully answered segment is deleted");
-        let next = spool.append(&event(3), true).await.unwrap();
+        let next = spool.append(&event(3).encode_to_vec(), true).await.unwrap();
         assert!(next > segments[0], "new events go to a new segment");
         spool.answered(next);
         spool.close();
@@ -356,12 +356,15 @@ mod tests {
     async fn a_full_spool_refuses_or_waits() {
         let dir = std::env::temp_dir().join(format!("eye-spool-{}", uuid::Uuid::new_v4()));
         let (spool, _) = Spool::open(&dir, 20).unwrap();
-        let first = spool.append(&event(0), false).await.unwrap();
+        let first = spool.append(&event(0).encode_to_vec(), false).await.unwrap();
         let big = Event { data_json: "x".repeat(100), ..event(1) };
-        assert!(matches!(spool.append(&big, false).await, Err(SpoolError::Full { .. })));
+        assert!(matches!(
+            spool.append(&big.encode_to_vec(), false).await,
+            Err(SpoolError::Full { .. })
+        ));
         let waiting = tokio::spawn({
             let spool = spool.clone();
-            async move { spool.append(&event(2), true).await }
+            async move { spool.append(&event(2).encode_to_vec(), true).await }
         });
         spool.close_segment_for_test(first);
         spool.answered(first);
