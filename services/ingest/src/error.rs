@@ -21,7 +21,9 @@ pub enum IngestError {
     #[error("ingest is overloaded; retry with backoff")]
     Overloaded,
     /// The pipeline behind ingest is behind by more than the configured backlog.
-    #[error("the pipeline is {rows} batches behind; retry after {RETRY_AFTER_SECONDS} s")]
+    #[error(
+        "the pipeline is behind: {rows} accepted requests wait for validation; retry after {RETRY_AFTER_SECONDS} s"
+    )]
     Backlogged { rows: i64 },
     #[error("the database is unavailable; retry after {RETRY_AFTER_SECONDS} s")]
     DatabaseUnavailable,
