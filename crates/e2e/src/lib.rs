@@ -218,6 +218,14 @@ pub async fn db_with_key(name: &str, roles: &[&str]) -> (TestDb, Uuid, String) {
     (db, application_id, key)
 }
 
+/// [`db_with_key`] for the application `shop` (role `ingest`), with the example schemas
+/// registered: where the pipeline tests that send events start.
+pub async fn shop_db() -> (TestDb, Uuid, String) {
+    let found = db_with_key("shop", &["ingest"]).await;
+    register_example_schemas(&found.0.pool).await;
+    found
+}
+
 /// Registers the JSON Schemas shipped in `schemas/` (version 1 of their types in a fresh
 /// database), as `eye dev` does.
 pub async fn register_example_schemas(pool: &PgPool) {

@@ -11,9 +11,9 @@ use std::{
 };
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, count, create_key, event, register_example_schemas};
+use eye_e2e::{Pipeline, authorized, count, event};
 use eye_proto::v1::SendEventsRequest;
-use eye_test_support::{TestDb, wait_for};
+use eye_test_support::wait_for;
 use serde_json::json;
 use tracing_subscriber::fmt::MakeWriter;
 use uuid::Uuid;
@@ -45,9 +45,7 @@ async fn logs_hold_no_keys_and_no_payloads() {
     let capture = Capture::default();
     tracing_subscriber::fmt().json().with_env_filter("debug").with_writer(capture.clone()).init();
 
-    let db = TestDb::new().await;
-    register_example_schemas(&db.pool).await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = eye_e2e::shop_db().await;
     let pipeline = Pipeline::start(&db, 1, 1).await;
     let mut client = pipeline.client().await;
     let session = Uuid::new_v4();

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, count, create_key, event, register_example_schemas};
+use eye_e2e::{Pipeline, authorized, count, event};
 use eye_proto::v1::{EventStatus, SendEventsRequest};
-use eye_test_support::{TestDb, wait_for};
+use eye_test_support::wait_for;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -13,9 +13,7 @@ use uuid::Uuid;
 async fn two_validators_and_two_writers_store_each_event_exactly_once() {
     const EVENTS: usize = 10_000;
     const BATCH: usize = 250;
-    let db = TestDb::new().await;
-    register_example_schemas(&db.pool).await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = eye_e2e::shop_db().await;
     let pipeline = Pipeline::start(&db, 2, 2).await;
 
     // 200 sessions, events spread over them; batches sent concurrently, and every fourth batch

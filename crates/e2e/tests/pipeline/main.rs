@@ -11,9 +11,7 @@ mod tls;
 use std::time::Duration;
 
 use chrono::Utc;
-use eye_e2e::{
-    Pipeline, authorized, count, create_key, db_with_key, event, register_example_schemas,
-};
+use eye_e2e::{Pipeline, authorized, count, create_key, db_with_key, event};
 use eye_proto::v1::{EventStatus, SendEventsRequest};
 use eye_test_support::{TestDb, wait_for};
 use serde_json::json;
@@ -24,9 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_flow_from_ingest_to_store_and_errors() {
-    let db = TestDb::new().await;
-    register_example_schemas(&db.pool).await;
-    let (app_id, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, app_id, key) = eye_e2e::shop_db().await;
     let pipeline = Pipeline::start(&db, 1, 1).await;
     let mut client = pipeline.client().await;
 

@@ -2,13 +2,10 @@
 //! add up to what was sent.
 
 use chrono::Utc;
-use eye_e2e::{
-    Pipeline, authorized, count, create_key, event, metric_value, register_example_schemas,
-    scrape_metrics,
-};
+use eye_e2e::{Pipeline, authorized, count, event, metric_value, scrape_metrics};
 use eye_proto::v1::SendEventsRequest;
 use eye_service::pipeline::stage;
-use eye_test_support::{TestDb, wait_for};
+use eye_test_support::wait_for;
 use serde_json::json;
 use tonic::Code;
 use uuid::Uuid;
@@ -24,9 +21,7 @@ fn value(text: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_exports_its_metrics() {
-    let db = TestDb::new().await;
-    register_example_schemas(&db.pool).await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = eye_e2e::shop_db().await;
     let pipeline = Pipeline::start_with_query(&db, 1, 1).await;
     let mut client = pipeline.client().await;
 

@@ -7,11 +7,11 @@
 //! filter: do not run it with a `RUST_LOG` that turns them off.
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, count, create_key, event, register_example_schemas};
+use eye_e2e::{Pipeline, authorized, count, event};
 use eye_proto::v1::SendEventsRequest;
 use eye_service::pipeline::stage;
 use eye_service::settings::TelemetrySettings;
-use eye_test_support::{TestDb, wait_for};
+use eye_test_support::wait_for;
 use opentelemetry::trace::SpanId;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use serde_json::json;
@@ -53,9 +53,7 @@ async fn one_trace_follows_a_request_through_the_outbox() {
     let settings = TelemetrySettings { log_filter: "info".into(), ..Default::default() };
     let _telemetry = eye_telemetry::init_with_provider("eye-e2e", &settings, provider.clone());
 
-    let db = TestDb::new().await;
-    register_example_schemas(&db.pool).await;
-    let (_, key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, key) = eye_e2e::shop_db().await;
     let pipeline = Pipeline::start(&db, 1, 1).await;
     let mut client = pipeline.client().await;
     let session = Uuid::new_v4();

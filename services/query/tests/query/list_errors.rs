@@ -6,8 +6,7 @@ use super::*;
 async fn errors_are_listed_by_filter_newest_first_with_counts() {
     let (db, shop, key) = db_with_key("shop", &["read"]).await;
     let (blog, _) = create_key(&db.pool, "blog", &["ingest"]).await;
-    let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
-    let mut query = pipeline.query_client().await;
+    let (pipeline, mut query) = query_server(&db).await;
 
     let base = Utc::now().trunc_subsecs(6) - chrono::Duration::hours(1);
     let minute = |n: i64| base + chrono::Duration::minutes(n);

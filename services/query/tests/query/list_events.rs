@@ -133,8 +133,7 @@ async fn events_sent_through_ingest_are_read_back_by_every_filter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_neither_skip_nor_repeat_while_events_arrive() {
     let (db, app, key) = db_with_key("analyst", &["read"]).await;
-    let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
-    let mut query = pipeline.query_client().await;
+    let (pipeline, mut query) = query_server(&db).await;
 
     // 60 events, three per timestamp (the event id breaks the ties), straddling a month boundary
     // so pages cross partitions.

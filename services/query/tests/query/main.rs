@@ -30,6 +30,13 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 type Client = QueryServiceClient<Channel>;
 
+/// The query server alone on `db` (no validator, no writer), and a client of it.
+async fn query_server(db: &TestDb) -> (Pipeline, Client) {
+    let pipeline = Pipeline::start_with_query(db, 0, 0).await;
+    let query = pipeline.query_client().await;
+    (pipeline, query)
+}
+
 fn ts(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
 }
@@ -226,8 +233,7 @@ fn assert_invalid(status: &tonic::Status, field: &str, request: &str) {
 async fn every_rpc_needs_a_key_with_the_read_role() {
     let (db, _, ingest_only) = db_with_key("shop", &["ingest"]).await;
     let (_, reader) = create_key(&db.pool, "analyst", &["read"]).await;
-    let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
-    let mut query = pipeline.query_client().await;
+    let (pipeline, mut query) = query_server(&db).await;
 
     for (key, expected) in [
         (None, Some(Code::Unauthenticated)),
@@ -272,8 +278,7 @@ async fn invalid_arguments_name_the_field() {
     for n in 0..3 {
         insert_event(&db.pool, app, session, "c", Utc::now() - chrono::Duration::seconds(n)).await;
     }
-    let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
-    let mut query = pipeline.query_client().await;
+    let (pipeline, mut query) = query_server(&db).await;
 
     let list = |filter: EventFilter, page_size: i32, page_token: &str| ListEventsRequest {
         filter: Some(filter),
@@ -433,8 +438,7 @@ async fn query_server_serves_health_and_reflection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_failures_reach_clients_without_sql() {
     let (db, _, key) = db_with_key("analyst", &["read"]).await;
-    let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
-    let mut query = pipeline.query_client().await;
+    let (pipeline, mut query) = query_server(&db).await;
     // A broken schema: every statement on `sessions` now fails in the database.
     sqlx::query("ALTER TABLE sessions RENAME TO sessions_gone").execute(&db.pool).await.unwrap();
 

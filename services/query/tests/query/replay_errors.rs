@@ -4,9 +4,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_errors_are_stored_once_after_a_schema_fix() {
-    let db = TestDb::new().await;
-    register_example_schemas(&db.pool).await;
-    let (_, ingest_key) = create_key(&db.pool, "shop", &["ingest"]).await;
+    let (db, _, ingest_key) = eye_e2e::shop_db().await;
     let (_, key) = create_key(&db.pool, "operator", &["read"]).await;
     let pipeline = Pipeline::start_with_query(&db, 1, 1).await;
     let mut ingest = pipeline.client().await;
@@ -152,8 +150,7 @@ async fn replay_enqueues_each_error_once_while_in_flight() {
     let (db, shop, key) = db_with_key("shop", &["read"]).await;
     let (blog, _) = create_key(&db.pool, "blog", &["ingest"]).await;
     // No validator: replayed errors stay in flight.
-    let pipeline = Pipeline::start_with_query(&db, 0, 0).await;
-    let mut query = pipeline.query_client().await;
+    let (pipeline, mut query) = query_server(&db).await;
 
     let now = Utc::now().trunc_subsecs(6);
     let (earlier, later) = (now - chrono::Duration::minutes(5), now - chrono::Duration::minutes(1));
