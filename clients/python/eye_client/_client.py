@@ -34,14 +34,6 @@ import grpc
 from ._proto.eye.v1 import ingest_pb2
 from ._uuid7 import uuid7_str
 
-__all__ = [
-    "EyeClient",
-    "ACCEPTED",
-    "DUPLICATE",
-    "REJECTED",
-    "DROPPED",
-    "FAILED",
-]
 
 log = logging.getLogger("eye_client")
 

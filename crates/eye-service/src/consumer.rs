@@ -39,7 +39,7 @@ pub trait Stage: Handler {
 }
 
 /// Outbox settings from a consumer section.
-pub fn outbox_config(consumer: &ConsumerSettings) -> OutboxConfig {
+fn outbox_config(consumer: &ConsumerSettings) -> OutboxConfig {
     OutboxConfig {
         batch_size: consumer.batch_size,
         lease: Duration::from_millis(consumer.lease_ms),

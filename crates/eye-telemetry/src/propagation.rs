@@ -86,22 +86,16 @@ pub fn link_to_span(span: &tracing::Span, other: &tracing::Span) {
 /// (`otel.name`, so that exported traces read ingest -> validate -> write), in the trace of the
 /// request that made the row (its `traceparent` header) and linked to the batch's own span.
 /// Enter it while working on the row; keep it until the hand-off is written.
-pub fn row_span(
-    stage: &str,
-    row_id: i64,
-    attempts: i32,
-    events: usize,
-    headers: &Headers,
-) -> tracing::Span {
+pub fn row_span<M>(stage: &str, row: &flush_event::Claimed<M>, events: usize) -> tracing::Span {
     let span = tracing::info_span!(
         "hand_off_row",
         otel.name = stage,
         otel.kind = "consumer",
-        row = row_id,
-        attempts,
+        row = row.id,
+        attempts = row.attempts,
         events,
     );
-    set_parent(&span, headers);
+    set_parent(&span, &row.headers);
     link_to_span(&span, &tracing::Span::current());
     span
 }

@@ -44,6 +44,13 @@ pub fn server_url() -> &'static str {
     })
 }
 
+/// A TCP port on 127.0.0.1 that nothing listens on right now (bound, then released): for a
+/// server started later, or as an endpoint that refuses connections.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("bound").port()
+}
+
 /// The checkout's root directory.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")

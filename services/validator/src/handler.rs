@@ -214,13 +214,7 @@ impl Handler for Validator {
         // open until the batch is written.
         let mut spans = Vec::with_capacity(rows.len());
         for row in rows {
-            let span = propagation::row_span(
-                stage::VALIDATE,
-                row.id,
-                row.attempts,
-                row.body.events.len(),
-                &row.headers,
-            );
+            let span = propagation::row_span(stage::VALIDATE, row, row.body.events.len());
             let entered = span.enter();
             let Ok((app, received_at)) = batch::decode_header(&row.body) else {
                 undecodable += row.body.events.len();

@@ -64,13 +64,7 @@ impl Handler for Writer {
         // `traceparent`), kept open until the batch is written.
         let mut spans = Vec::with_capacity(rows.len());
         for row in rows {
-            let span = propagation::row_span(
-                stage::WRITE,
-                row.id,
-                row.attempts,
-                row.body.events.len(),
-                &row.headers,
-            );
+            let span = propagation::row_span(stage::WRITE, row, row.body.events.len());
             let entered = span.enter();
             let (app, received_at) = batch::decode_header(&row.body)?;
             for event in row.body.events.iter().cloned() {

@@ -62,7 +62,7 @@ async fn an_unreachable_database_is_answered_unavailable_at_once() {
     let db = TestDb::new().await;
     let mut settings = Pipeline::settings(&db);
     // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = eye_test_support::free_port();
     settings.database.url = Some(format!("postgres://postgres@127.0.0.1:{closed}/postgres").into());
     // Long enough that waiting for a connection would blow the request's deadline.
     settings.database.acquire_timeout_ms = 30_000;
@@ -84,7 +84,7 @@ async fn an_unreachable_database_is_answered_unavailable_at_once() {
 async fn validator_and_writer_start_during_a_database_outage() {
     let db = TestDb::new().await;
     let mut settings = Pipeline::settings(&db);
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = eye_test_support::free_port();
     settings.database.url = Some(format!("postgres://postgres@127.0.0.1:{closed}/postgres").into());
     settings.database.acquire_timeout_ms = 200;
     let shutdown = tokio_util::sync::CancellationToken::new();

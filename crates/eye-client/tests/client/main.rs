@@ -162,9 +162,7 @@ async fn a_refused_key_fails_fast_and_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_drops_and_counts_and_nothing_is_unaccounted() {
     // Nothing listens there: every call fails and is retried until shutdown.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let endpoint = format!("http://127.0.0.1:{}", eye_test_support::free_port());
     let mut config = Config::new(endpoint, "eye_test");
     config.max_queue_events = 10;
     config.overflow = Overflow::Drop;
@@ -191,9 +189,7 @@ async fn the_spool_keeps_what_was_not_delivered_for_the_next_client() {
     let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let spool = std::env::temp_dir().join(format!("eye-client-spool-{}", Uuid::new_v4()));
     // First run: the server is unreachable, so nothing is delivered before shutdown.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere = format!("http://{}", listener.local_addr().unwrap());
-    drop(listener);
+    let nowhere = format!("http://127.0.0.1:{}", eye_test_support::free_port());
     let mut config = Config::new(nowhere, key.clone());
     config.spool_dir = Some(spool.clone());
     let client = EyeClient::start(config).unwrap();

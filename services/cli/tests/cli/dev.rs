@@ -94,7 +94,7 @@ async fn commands_without_a_key_say_where_it_comes_from() {
 #[tokio::test]
 async fn send_to_a_pipeline_that_is_down_says_what_to_do() {
     let home = TempDir::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = eye_test_support::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let args =
         ["send", "--endpoint", &endpoint, "--key", "eye_x", "--category", "c", "--name", "n"];

@@ -187,7 +187,7 @@ struct Dev {
 
 impl Dev {
     async fn start(database_url: &str) -> Self {
-        let (home, port) = (TempDir::new(), free_port());
+        let (home, port) = (TempDir::new(), eye_test_support::free_port());
         let child = Self::spawn(&home, database_url, port).await;
         Self { home, database_url: database_url.to_owned(), port, child }
     }
@@ -218,10 +218,6 @@ impl Dev {
         signal(self.child.id().unwrap(), "-TERM").await;
         self.child.wait().await.unwrap();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,7 +115,7 @@ async fn wait_until_serving(endpoint: &str) {
 async fn nothing_acknowledged_is_lost_across_a_rolling_restart() {
     let db = TestDb::new().await;
     let key = create_key(&db).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = eye_test_support::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let mut server = spawn_ingest(&db, port);
     wait_until_serving(&endpoint).await;
