@@ -70,6 +70,7 @@ class _EyeDev:
         env.pop("DATABASE_URL", None)
         env.update(
             EYE__INGEST__PORT="0",
+            EYE__INGEST__HTTP_PORT="0",
             EYE__QUERY__PORT="0",
             EYE__METRICS__PORT="0",
             EYE__TELEMETRY__LOG_FORMAT="json",

@@ -177,7 +177,7 @@ class Service:
 
 def start_ingest(env_extra: dict, workdir: Path) -> tuple[Service, int]:
     """A standalone eye-ingest on a free port; returns it and its port once it is SERVING."""
-    service = Service("eye-ingest", dict(EYE__INGEST__PORT="0", **env_extra), workdir)
+    service = Service("eye-ingest", dict(EYE__INGEST__PORT="0", EYE__INGEST__HTTP_PORT="0", **env_extra), workdir)
     try:
         match = service.wait_for_log(r'eye-ingest listening.*?"port":\s*(\d+)|"port":\s*(\d+).*?eye-ingest listening')
         port = int(match.group(1) or match.group(2))

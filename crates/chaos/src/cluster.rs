@@ -170,6 +170,7 @@ impl Cluster {
             .env("DATABASE_URL", database_url)
             .env("EYE__INGEST__HOST", "127.0.0.1")
             .env("EYE__INGEST__PORT", self.port.to_string())
+            .env("EYE__INGEST__HTTP_PORT", "0")
             // Several services on one host: each its own free metrics port.
             .env("EYE__METRICS__HOST", "127.0.0.1")
             .env("EYE__METRICS__PORT", "0")

@@ -6,7 +6,10 @@
 //! - [`create_key`], [`register_example_schemas`]: fixtures made through `eye_admin`, as the CLI
 //!   makes them.
 //! - [`scrape_metrics`], [`metric_value`]: read a service's `/metrics` like Prometheus does.
+//! - [`transport`]: one request over gRPC or HTTP/JSON, for tests that run over both.
 //! - The tests themselves live in `tests/pipeline/`.
+
+pub mod transport;
 
 use std::time::Duration;
 
@@ -25,6 +28,8 @@ use uuid::Uuid;
 #[derive(Debug)]
 pub struct Pipeline {
     pub ingest_port: u16,
+    /// HTTP ingest's port (`POST /v1/events`).
+    pub http_port: u16,
     /// The query server's port, when started ([`Pipeline::start_with_query`]).
     pub query_port: Option<u16>,
     /// Each service's `/metrics` port, by service (`ingest`, `validator`, `writer`, `query`),
@@ -72,6 +77,7 @@ impl Pipeline {
         let mut tasks = Vec::new();
         let ingest = eye_ingest::Application::build(settings.clone()).await.expect("build ingest");
         let ingest_port = ingest.port();
+        let http_port = ingest.http_port();
         let mut metrics_ports = vec![("ingest", ingest.metrics_port().expect("own metrics"))];
         let token = shutdown.clone();
         tasks.push(tokio::spawn(
@@ -103,7 +109,7 @@ impl Pipeline {
                 async move { app.run_until_stopped(token).await.expect("query") },
             ));
         }
-        Self { ingest_port, query_port, metrics_ports, shutdown, tasks }
+        Self { ingest_port, http_port, query_port, metrics_ports, shutdown, tasks }
     }
 
     /// The `/metrics` port of the first instance of `service`.

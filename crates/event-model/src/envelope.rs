@@ -45,6 +45,14 @@ pub enum Rejection {
     MissingTimestamp,
     #[error("timestamp is out of range")]
     InvalidTimestamp,
+    /// A timestamp given as text (HTTP/JSON) in neither accepted form.
+    #[error(
+        "timestamp {0:?} is neither RFC 3339 nor `YYYY-MM-DD HH:MM:SS[.ffffff]` (taken as UTC)"
+    )]
+    UnreadableTimestamp(String),
+    /// A field of a JSON event (HTTP) that has the wrong JSON type.
+    #[error("{field} must be {expected}")]
+    WrongType { field: &'static str, expected: &'static str },
     #[error("event is {size} bytes, over the limit of {limit}")]
     EventTooLarge { size: usize, limit: usize },
     #[error(transparent)]
@@ -62,7 +70,8 @@ impl Rejection {
             Self::CategoryTooLong { .. } => "category_too_long",
             Self::NameTooLong { .. } => "name_too_long",
             Self::MissingTimestamp => "missing_timestamp",
-            Self::InvalidTimestamp => "invalid_timestamp",
+            Self::InvalidTimestamp | Self::UnreadableTimestamp(_) => "invalid_timestamp",
+            Self::WrongType { .. } => "invalid_field",
             Self::EventTooLarge { .. } => "event_too_large",
             Self::Payload(error) => error.code(),
         }
@@ -130,6 +139,21 @@ fn check_type_part(
     Ok(())
 }
 
+/// A timestamp written as text: RFC 3339 (`2021-01-01T09:15:27.243Z`, any offset), or the
+/// requirements' own form without a zone, `2021-01-01 09:15:27.243860` (a `T` instead of the
+/// space, and no fraction, are fine too), taken as UTC.
+pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, Rejection> {
+    let text = text.trim();
+    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+        .map(|naive| naive.and_utc())
+        .ok_or_else(|| Rejection::UnreadableTimestamp(text.to_owned()))
+}
+
 /// A protobuf timestamp as a `DateTime`, if it is in range and normalised.
 pub fn to_datetime(timestamp: &prost_types::Timestamp) -> Option<DateTime<Utc>> {
     let nanos = u32::try_from(timestamp.nanos).ok()?;
@@ -147,6 +171,19 @@ pub fn to_timestamp(datetime: DateTime<Utc>) -> prost_types::Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_read_in_both_text_forms() {
+        let at = |text| parse_timestamp(text).map(|at| at.to_rfc3339());
+        assert_eq!(at("2021-01-01 09:15:27.243860").unwrap(), "2021-01-01T09:15:27.243860+00:00");
+        assert_eq!(at("2021-01-01T09:15:27").unwrap(), "2021-01-01T09:15:27+00:00");
+        assert_eq!(at("2021-01-01T10:15:27.5+01:00").unwrap(), "2021-01-01T09:15:27.500+00:00");
+        assert_eq!(at("2021-01-01T09:15:27Z").unwrap(), "2021-01-01T09:15:27+00:00");
+        for bad in ["", "yesterday", "2021-13-01 00:00:00", "1609492527"] {
+            let rejection = parse_timestamp(bad).unwrap_err();
+            assert_eq!(rejection.code(), "invalid_timestamp", "{bad:?}");
+        }
+    }
 
     fn event() -> pb::Event {
         pb::Event {

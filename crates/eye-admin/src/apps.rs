@@ -6,7 +6,7 @@
 //! revoked is either refused or revoked with the others: none escapes.
 
 use chrono::{DateTime, Utc};
-use eye_service::auth::{Role, generate_key};
+use eye_service::auth::{Role, generate_key, generate_publishable_key};
 use sqlx::{Acquire, PgConnection, Postgres};
 use uuid::Uuid;
 
@@ -104,6 +104,70 @@ pub async fn create<'c>(
     let issued = insert_key(&mut tx, id, roles).await?;
     tx.commit().await?;
     Ok(issued)
+}
+
+/// Checks and normalises a browser origin, `scheme://host[:port]` as a page's `Origin` header
+/// has it: http or https, a host, no path (a trailing `/` is dropped), no query, lower case.
+pub fn check_origin(origin: &str) -> Result<String, AdminError> {
+    let invalid = |why: &str| {
+        Err(AdminError::Invalid(format!(
+            "origin {origin:?} {why}: give scheme://host[:port], e.g. https://shop.example"
+        )))
+    };
+    let normalised = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let Some((scheme, authority)) = normalised.split_once("://") else {
+        return invalid("has no scheme");
+    };
+    if !matches!(scheme, "http" | "https") {
+        return invalid("is neither http nor https");
+    }
+    if authority.is_empty() || authority.starts_with(':') {
+        return invalid("has no host");
+    }
+    if authority.contains(['/', '?', '#', '@', ' ']) {
+        return invalid("has a path, query, user or space");
+    }
+    let port = authority.rsplit_once(':').filter(|_| !authority.ends_with(']'));
+    if port.is_some_and(|(_, port)| port.parse::<u16>().is_err()) {
+        return invalid("has a port that is not a number up to 65535");
+    }
+    Ok(normalised)
+}
+
+/// Issues a publishable (browser) key for the live application `name`: it may only ingest, and
+/// only from `origins` (checked with [`check_origin`]; at least one).
+pub async fn issue_publishable_key<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
+    name: &str,
+    origins: &[String],
+) -> Result<IssuedKey, AdminError> {
+    if origins.is_empty() {
+        return Err(AdminError::Invalid(
+            "a publishable key needs at least one --origin (the site it is used from)".into(),
+        ));
+    }
+    let mut origins =
+        origins.iter().map(|origin| check_origin(origin)).collect::<Result<Vec<_>, _>>()?;
+    origins.sort();
+    origins.dedup();
+    let mut tx = db.begin().await?;
+    let application_id = lock_active(&mut tx, name).await?;
+    let (key, hash) = generate_publishable_key();
+    let key_id = Uuid::now_v7();
+    let roles = vec![Role::Ingest.as_str().to_owned()];
+    sqlx::query(
+        "INSERT INTO api_keys (id, application_id, key_hash, roles, publishable, origins) \
+         VALUES ($1, $2, $3, $4, true, $5)",
+    )
+    .bind(key_id)
+    .bind(application_id)
+    .bind(&hash[..])
+    .bind(&roles)
+    .bind(&origins)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(IssuedKey { application_id, key_id, key, roles })
 }
 
 /// Issues another key for the existing, non-revoked application `name`.
@@ -283,6 +347,17 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_name(&"x".repeat(MAX_NAME_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn origins_are_checked_and_normalised() {
+        assert_eq!(check_origin("https://Shop.example/").unwrap(), "https://shop.example");
+        assert_eq!(check_origin("http://127.0.0.1:8000").unwrap(), "http://127.0.0.1:8000");
+        assert_eq!(check_origin("http://[::1]:3000").unwrap(), "http://[::1]:3000");
+        for bad in ["shop.example", "ftp://shop.example", "https://", "https://a/b", "https://a:x"]
+        {
+            assert!(check_origin(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -47,10 +47,39 @@ impl Role {
 }
 
 /// The caller behind a valid key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Principal {
     pub application_id: Uuid,
+    /// The key's own id (`api_keys.id`): what per-key limits are kept by.
+    pub key_id: Uuid,
     pub roles: Vec<String>,
+    /// A browser key: ingest only, from [`origins`](Self::origins) only.
+    pub publishable: bool,
+    /// The origins (`scheme://host[:port]`) a publishable key may be used from.
+    pub origins: Vec<String>,
+}
+
+impl Principal {
+    /// The browser rule, for a request that came with `origin` (its `Origin` header, which
+    /// every browser sends with a cross-origin or POST request, and no server client does): a
+    /// publishable key only from one of its origins, a secret key never from a browser.
+    pub fn check_origin(&self, origin: Option<&str>) -> Result<(), AuthError> {
+        match (self.publishable, origin) {
+            (false, None) => Ok(()),
+            (false, Some(origin)) => Err(AuthError::SecretKeyInBrowser(origin.to_owned())),
+            (true, Some(origin))
+                if self.origins.iter().any(|allowed| same_origin(allowed, origin)) =>
+            {
+                Ok(())
+            }
+            (true, origin) => Err(AuthError::OriginNotAllowed(origin.unwrap_or("none").to_owned())),
+        }
+    }
+}
+
+/// Origins compare as ASCII case-insensitive text, a trailing `/` ignored.
+fn same_origin(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/').eq_ignore_ascii_case(b.trim_end_matches('/'))
 }
 
 /// Why a request was not authenticated (or not authorised).
@@ -62,8 +91,32 @@ pub enum AuthError {
     Invalid,
     #[error("this api key lacks the `{0}` role")]
     Forbidden(&'static str),
+    #[error(
+        "this publishable key may not be used from origin {0:?}; add it with \
+         `eye apps key NAME --publishable --origin ORIGIN`"
+    )]
+    OriginNotAllowed(String),
+    #[error(
+        "a secret api key was sent from a browser (origin {0:?}): it must never be in a web page; \
+         revoke it and use a publishable key (`eye apps key NAME --publishable --origin ORIGIN`)"
+    )]
+    SecretKeyInBrowser(String),
     #[error("cannot check the api key right now")]
     Unavailable(#[source] sqlx::Error),
+}
+
+impl AuthError {
+    /// A stable name of the refusal, for metrics and error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing_key",
+            Self::Invalid => "invalid_key",
+            Self::Forbidden(_) => "forbidden",
+            Self::OriginNotAllowed(_) => "origin_not_allowed",
+            Self::SecretKeyInBrowser(_) => "secret_key_in_browser",
+            Self::Unavailable(_) => "auth_unavailable",
+        }
+    }
 }
 
 /// A new key: `eye_` followed by 64 hex digits (256 random bits). Returns the key and its hash.
@@ -71,6 +124,15 @@ pub fn generate_key() -> (String, [u8; 32]) {
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let key = format!("eye_{}", hex::encode(secret));
+    let hash = hash_key(&key);
+    (key, hash)
+}
+
+/// A new publishable (browser) key: `eye_pk_` followed by 64 hex digits, so that a reader of a
+/// page or a log can tell it from a secret key. Returns the key and its hash.
+pub fn generate_publishable_key() -> (String, [u8; 32]) {
+    let (secret, _) = generate_key();
+    let key = secret.replacen("eye_", "eye_pk_", 1);
     let hash = hash_key(&key);
     (key, hash)
 }
@@ -138,16 +200,15 @@ impl Authenticator {
         if let Some(principal) = self.cached(&hash, now) {
             return Ok(principal);
         }
-        let row: Option<(Uuid, Vec<String>)> = sqlx::query_as(
-            "SELECT k.application_id, k.roles FROM api_keys k \
-             JOIN applications a ON a.id = k.application_id \
+        let principal: Option<Principal> = sqlx::query_as(
+            "SELECT k.application_id, k.id AS key_id, k.roles, k.publishable, k.origins \
+             FROM api_keys k JOIN applications a ON a.id = k.application_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND a.revoked_at IS NULL",
         )
         .bind(&hash[..])
         .fetch_optional(&self.pool)
         .await
         .map_err(AuthError::Unavailable)?;
-        let principal = row.map(|(application_id, roles)| Principal { application_id, roles });
         let mut cache = self.cache.lock().expect("auth cache");
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
@@ -193,6 +254,25 @@ mod tests {
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
+    }
+
+    #[test]
+    fn origins_are_checked_by_kind_of_key() {
+        let key = |publishable: bool| Principal {
+            application_id: Uuid::nil(),
+            key_id: Uuid::nil(),
+            roles: vec!["ingest".into()],
+            publishable,
+            origins: vec!["https://shop.example".into()],
+        };
+        assert!(key(false).check_origin(None).is_ok());
+        let leaked = key(false).check_origin(Some("https://shop.example"));
+        assert!(matches!(leaked, Err(AuthError::SecretKeyInBrowser(_))), "{leaked:?}");
+        assert!(key(true).check_origin(Some("https://SHOP.example/")).is_ok());
+        for origin in [None, Some("https://evil.example"), Some("http://shop.example")] {
+            let refused = key(true).check_origin(origin);
+            assert!(matches!(refused, Err(AuthError::OriginNotAllowed(_))), "{origin:?}");
+        }
     }
 
     #[test]

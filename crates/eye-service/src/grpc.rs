@@ -24,7 +24,11 @@ impl From<AuthError> for tonic::Status {
             AuthError::Missing | AuthError::Invalid => {
                 tonic::Status::unauthenticated(error.to_string())
             }
-            AuthError::Forbidden(_) => tonic::Status::permission_denied(error.to_string()),
+            AuthError::Forbidden(_)
+            | AuthError::OriginNotAllowed(_)
+            | AuthError::SecretKeyInBrowser(_) => {
+                tonic::Status::permission_denied(error.to_string())
+            }
             AuthError::Unavailable(ref source) => {
                 tracing::warn!(error = %source, "api key lookup failed");
                 tonic::Status::unavailable(error.to_string())

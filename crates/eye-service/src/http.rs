@@ -1,6 +1,6 @@
 //! The one HTTP stack of the services (axum over hyper, HTTP/1.1): bind before serving, serve a
 //! router until shutdown with a bounded drain, or in the background until stopped. `/metrics`
-//! is mounted on it today; HTTP ingest and the console mount their routers the same way.
+//! and HTTP ingest are mounted on it; the console mounts its router the same way.
 
 use std::{future::IntoFuture, net::SocketAddr, time::Duration};
 
@@ -43,9 +43,11 @@ impl HttpListener {
         shutdown: CancellationToken,
         grace: Duration,
     ) -> std::io::Result<()> {
-        let server = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        // The peer address reaches handlers as `ConnectInfo<SocketAddr>`.
+        let server =
+            axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+                .into_future();
         tokio::select! {
             served = server => served,
             () = async {

@@ -12,6 +12,7 @@
 //! - [`grpc`]: binding, health (NOT_SERVING until the database answers), reflection, and the
 //!   mapping of auth errors to `tonic::Status`.
 //! - [`http`]: the one HTTP stack (axum): bind, serve with a bounded drain, `/metrics`.
+//! - [`rate_limit`]: a keyed token bucket (publishable keys per client address).
 //! - [`consumer`]: the shell every consumer stage (validator, writer, ...) runs in.
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod database;
 pub mod grpc;
 pub mod http;
 pub mod pipeline;
+pub mod rate_limit;
 pub mod settings;
 pub mod shutdown;
 

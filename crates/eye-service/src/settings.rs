@@ -114,6 +114,18 @@ pub struct IngestSettings {
     /// Longest a single call may take, reading its request included: a client that sends headers
     /// and then stalls is cut off.
     pub request_timeout_ms: u64,
+    /// HTTP/JSON ingest port (`POST /v1/events`); 0 picks a free one.
+    pub http_port: u16,
+    /// Largest HTTP request body, in bytes, both as sent and once inflated (gzip, deflate):
+    /// past it, 413.
+    pub http_max_body_bytes: usize,
+    /// Publishable (browser) keys: events a second each client address may send per key.
+    pub publishable_rate: f64,
+    /// Publishable keys: events a client address may send at once before the rate applies.
+    pub publishable_burst: f64,
+    /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy
+    /// or load balancer) instead of the connection's peer.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for IngestSettings {
@@ -131,6 +143,11 @@ impl Default for IngestSettings {
             max_backlog_rows: 100_000,
             backlog_check_ms: 1_000,
             request_timeout_ms: 30_000,
+            http_port: 8080,
+            http_max_body_bytes: 8 * 1024 * 1024,
+            publishable_rate: 20.0,
+            publishable_burst: 200.0,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -301,6 +318,15 @@ impl Settings {
         }
         if ingest.commit_concurrency == 0 {
             return invalid("ingest.commit_concurrency", "must be at least 1");
+        }
+        if ingest.http_max_body_bytes == 0 {
+            return invalid("ingest.http_max_body_bytes", "must be at least 1");
+        }
+        if !(ingest.publishable_rate > 0.0 && ingest.publishable_burst >= 1.0) {
+            return invalid(
+                "ingest.publishable_rate",
+                "must be above 0, and ingest.publishable_burst at least 1",
+            );
         }
         for (field, consumer) in [
             ("validator.consumer", &self.validator.consumer),

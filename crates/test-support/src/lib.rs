@@ -90,6 +90,7 @@ impl TestDb {
         settings.database.url = Some(self.url.clone().into());
         settings.ingest.host = "127.0.0.1".into();
         settings.ingest.port = 0;
+        settings.ingest.http_port = 0;
         settings.query.host = "127.0.0.1".into();
         settings.query.port = 0;
         settings.metrics.host = "127.0.0.1".into();

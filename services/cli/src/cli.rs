@@ -59,15 +59,16 @@ What it starts and where:
   - Postgres: DATABASE_URL if set, else a private server with its data in ./.eye/pg (started, or
     reused if already running). It KEEPS RUNNING after `eye dev` exits, so the next start is
     instant and `eye apps`/`eye schemas` in another terminal find it; stop it with `eye dev stop`.
-  - ingest gRPC on 127.0.0.1:50051 (EYE__INGEST__PORT), query gRPC on 127.0.0.1:50052
-    (EYE__QUERY__PORT), /metrics on 127.0.0.1:9000 (EYE__METRICS__PORT); 0 picks a free port.
+  - ingest gRPC on 127.0.0.1:50051 (EYE__INGEST__PORT), HTTP ingest on 127.0.0.1:8080
+    (EYE__INGEST__HTTP_PORT), query gRPC on 127.0.0.1:50052 (EYE__QUERY__PORT), /metrics on
+    127.0.0.1:9000 (EYE__METRICS__PORT); 0 picks a free port.
     Only loopback unless --host says otherwise.
   - the application `dev` with a key holding ingest and read; the key is kept in ./.eye/dev.env
     (mode 600) and reused by the next `eye dev` while it is valid.
 
 It prints the endpoints, an `export ...` block, and the key alone on the last line of stdout.
 In another terminal of the same directory, `eval \"$(eye dev env)\"` sets DATABASE_URL,
-EYE_ENDPOINT, EYE_QUERY_ENDPOINT and EYE_API_KEY. Ctrl-C (or SIGTERM) drains and stops the
+EYE_ENDPOINT, EYE_HTTP_ENDPOINT, EYE_QUERY_ENDPOINT and EYE_API_KEY. Ctrl-C (or SIGTERM) drains and stops the
 services; `eye dev stop` then stops the Postgres (`eye dev stop --tests`: the test suite's, in
 target/eye-test-pg).";
 
@@ -108,6 +109,13 @@ pub enum AppsCommand {
         name: String,
         #[command(flatten)]
         roles: RoleArgs,
+        /// A publishable key, for web pages: it may only ingest, only from the --origin sites,
+        /// rate-limited per visitor (ingest.publishable_rate / ingest.publishable_burst).
+        #[arg(long, requires = "origins", conflicts_with = "roles")]
+        publishable: bool,
+        /// A site the publishable key may be used from (scheme://host[:port]); repeat for several.
+        #[arg(long = "origin", value_name = "ORIGIN", requires = "publishable")]
+        origins: Vec<String>,
     },
     /// List applications with their active keys and roles.
     List,

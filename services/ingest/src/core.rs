@@ -1,12 +1,17 @@
-//! The transport-free ingest core: one call takes the request's credentials, its trace context
-//! and the batch, and answers per event. The gRPC adapter ([`crate::grpc`]) and, next, the HTTP
-//! adapter call it, so an event gets the same answer whichever way it came: batch limits, the
-//! per-event envelope rules, group commit and duplicate detection are written once, here.
+//! The transport-free ingest core: one call takes the caller (credentials, origin, address),
+//! its trace context and the batch, and answers per event. The gRPC adapter ([`crate::grpc`],
+//! gRPC-Web included) and the HTTP adapter ([`crate::http`]) call it, so an event gets the same
+//! answer whichever way it came: keys and their browser rules, the limits of publishable keys,
+//! back-pressure, batch limits, the per-event envelope rules, group commit and duplicate
+//! detection are written once, here.
 
-use event_model::{ApplicationId, Limits, PayloadLimits, envelope};
-use eye_proto::v1::{EventResult, EventStatus, SendEventsRequest, SendEventsResponse};
+use std::{net::IpAddr, sync::Arc, time::Instant};
+
+use event_model::{ApplicationId, Limits, PayloadLimits, Rejection, envelope};
+use eye_proto::v1::{self as pb, EventResult, EventStatus, SendEventsResponse};
 use eye_service::{
     auth::{Authenticator, Principal, Role},
+    rate_limit::RateLimiter,
     settings::IngestSettings,
 };
 use eye_telemetry::{metrics::Metrics, propagation};
@@ -27,11 +32,55 @@ fn outbox_headers(client: Headers) -> Headers {
     if propagation::inject(&tracing::Span::current(), &mut headers) { headers } else { client }
 }
 
+/// Who is calling, as the transport saw it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    /// The `authorization` value (`Bearer <key>`), from a header, gRPC metadata, or (for
+    /// browsers, which cannot always set headers) the body or the query.
+    pub authorization: Option<&'a str>,
+    /// The request's `Origin`: browsers send it, server-side clients do not.
+    pub origin: Option<&'a str>,
+    /// The client's address: publishable keys are rate-limited per key and address.
+    pub address: Option<IpAddr>,
+}
+
+/// One event of a batch as its transport decoded it: a protobuf event, to be checked by the
+/// envelope rules, or one the transport could already tell is bad (an HTTP event whose
+/// `category` is a number, say), answered REJECTED in its place like any other.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    Event(pb::Event),
+    Refused { event_id: String, rejection: Rejection },
+}
+
+impl Incoming {
+    /// The events of a protobuf batch.
+    pub fn all(events: Vec<pb::Event>) -> Vec<Self> {
+        events.into_iter().map(Self::Event).collect()
+    }
+}
+
+/// The size of `events` as the `events` field of a protobuf `SendEventsRequest`: the measure of
+/// `ingest.max_batch_bytes` whichever way the batch came.
+fn encoded_size(events: &[Incoming]) -> usize {
+    events
+        .iter()
+        .map(|incoming| match incoming {
+            Incoming::Event(event) => {
+                let len = event.encoded_len();
+                1 + prost::length_delimiter_len(len) + len
+            }
+            Incoming::Refused { .. } => 0,
+        })
+        .sum()
+}
+
 /// The ingest core. Cheap to share (`Arc`); every transport adapter holds the same one.
 #[derive(Debug)]
 pub struct Ingest {
     metrics: Metrics,
     auth: Authenticator,
+    publishable: Arc<RateLimiter<(uuid::Uuid, Option<IpAddr>)>>,
     backpressure: Backpressure,
     committer: Committer,
     limits: Limits,
@@ -50,6 +99,10 @@ impl Ingest {
         Self {
             metrics,
             auth,
+            publishable: Arc::new(RateLimiter::new(
+                settings.publishable_rate,
+                settings.publishable_burst,
+            )),
             backpressure,
             committer,
             limits: Limits {
@@ -62,8 +115,9 @@ impl Ingest {
         }
     }
 
-    /// Answers one `SendEvents` batch: authenticates the request's `authorization` value
-    /// (`Bearer <key>`) for the ingest role, refuses at once under back-pressure, then
+    /// Answers one batch: authenticates the caller's key for the ingest role, applies the
+    /// browser rules (a publishable key only from its origins and within its rate, a secret key
+    /// never from a browser), refuses at once under back-pressure, then
     /// [`send_as`](Self::send_as). `trace` is the W3C trace context the client sent
     /// (`traceparent`, `tracestate`), as a text map.
     ///
@@ -73,26 +127,34 @@ impl Ingest {
     /// a key the cache does not know is answered UNAVAILABLE at once.
     pub async fn send(
         &self,
-        authorization: Option<&str>,
+        caller: Caller<'_>,
         trace: Headers,
-        request: SendEventsRequest,
+        events: Vec<Incoming>,
     ) -> Result<SendEventsResponse, IngestError> {
         let result = async {
             let principal = if self.backpressure.database_is_up() {
-                self.auth.authenticate(authorization, Role::Ingest).await?
+                self.auth.authenticate(caller.authorization, Role::Ingest).await?
             } else {
                 // No database: answer at once, from the key cache alone, instead of waiting for
                 // a connection that will not come.
                 self.auth
-                    .authenticate_cached(authorization, Role::Ingest)?
+                    .authenticate_cached(caller.authorization, Role::Ingest)?
                     .ok_or(IngestError::DatabaseUnavailable)?
             };
+            principal.check_origin(caller.origin)?;
+            if principal.publishable {
+                let events = u32::try_from(events.len()).unwrap_or(u32::MAX);
+                self.publishable
+                    .take((principal.key_id, caller.address), events, Instant::now())
+                    .map_err(|retry_after| IngestError::RateLimited { retry_after })?;
+            }
             self.backpressure.check()?;
-            self.send_as(&principal, trace, request).await
+            self.send_as(&principal, trace, events).await
         }
         .await;
         if let Err(error) = &result {
             self.backpressure.observe(error);
+            self.metrics.ingest().record_refusal(error.code());
         }
         result
     }
@@ -104,30 +166,35 @@ impl Ingest {
         &self,
         principal: &Principal,
         trace: Headers,
-        request: SendEventsRequest,
+        events: Vec<Incoming>,
     ) -> Result<SendEventsResponse, IngestError> {
         let headers = outbox_headers(trace);
-        if request.events.is_empty() {
+        if events.is_empty() {
             return Err(IngestError::EmptyBatch);
         }
-        if request.events.len() > self.max_batch_events {
+        if events.len() > self.max_batch_events {
             return Err(IngestError::TooManyEvents {
-                count: request.events.len(),
+                count: events.len(),
                 limit: self.max_batch_events,
             });
         }
-        let size = request.encoded_len();
+        let size = encoded_size(&events);
         if size > self.max_batch_bytes {
             return Err(IngestError::BatchTooLarge { size, limit: self.max_batch_bytes });
         }
 
         let received_at = chrono::Utc::now();
-        let mut results = Vec::with_capacity(request.events.len());
-        let mut accepted = Vec::with_capacity(request.events.len());
+        let mut results = Vec::with_capacity(events.len());
+        let mut accepted = Vec::with_capacity(events.len());
         let mut rejected = Vec::new();
-        for event in request.events {
-            let sent_id = event.event_id.clone();
-            match envelope::validate(event, &self.limits) {
+        for incoming in events {
+            let (sent_id, checked) = match incoming {
+                Incoming::Event(event) => {
+                    (event.event_id.clone(), envelope::validate(event, &self.limits))
+                }
+                Incoming::Refused { event_id, rejection } => (event_id, Err(rejection)),
+            };
+            match checked {
                 Ok(event) => {
                     results.push(EventResult {
                         event_id: event.event_id.to_string(),

@@ -1,6 +1,7 @@
-//! Ingest's errors. Each transport maps them in one place (`crate::grpc` for gRPC statuses).
+//! Ingest's errors. Each transport maps them in one place (`crate::grpc` for gRPC statuses,
+//! `crate::http` for HTTP answers); what they share (the retry hint, the stable code) is here.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use eye_service::auth::AuthError;
 
@@ -15,8 +16,14 @@ pub enum IngestError {
     EmptyBatch,
     #[error("events: the batch has {count} events; the limit is {limit}")]
     TooManyEvents { count: usize, limit: usize },
-    #[error("the batch is {size} bytes; the limit is {limit}")]
+    #[error("events: the batch is {size} bytes (protobuf-encoded); the limit is {limit}")]
     BatchTooLarge { size: usize, limit: usize },
+    /// A publishable key sent more events from one address than its rate allows.
+    #[error(
+        "this publishable key sent too many events from this address; retry after {} s",
+        retry_after_seconds(*retry_after)
+    )]
+    RateLimited { retry_after: Duration },
     /// Ingest is saturated; the client should retry after a pause.
     #[error("ingest is overloaded; retry with backoff")]
     Overloaded,
@@ -33,4 +40,40 @@ pub enum IngestError {
     /// One failed group commit fails every request in it: they share the one error.
     #[error("events could not be stored; nothing was accepted, retry the batch")]
     Storage(#[source] Arc<sqlx::Error>),
+}
+
+/// Whole seconds, rounded up, at least 1: what a `retry-after` says.
+fn retry_after_seconds(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
+impl IngestError {
+    /// A stable name of the refusal: the HTTP error body's `code`, and the `reason` label of
+    /// `eye_ingest_refusals`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Auth(error) => error.code(),
+            Self::EmptyBatch => "empty_batch",
+            Self::TooManyEvents { .. } => "too_many_events",
+            Self::BatchTooLarge { .. } => "batch_too_large",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Overloaded => "overloaded",
+            Self::Backlogged { .. } => "backlogged",
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::ShuttingDown => "shutting_down",
+            Self::Storage(_) => "storage_failed",
+        }
+    }
+
+    /// How long the client should wait before retrying, in seconds (`retry-after`), for the
+    /// refusals that say "later": rate limits and back-pressure.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after } => Some(retry_after_seconds(*retry_after)),
+            Self::Overloaded | Self::Backlogged { .. } | Self::DatabaseUnavailable => {
+                Some(RETRY_AFTER_SECONDS)
+            }
+            _ => None,
+        }
+    }
 }

@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
 
 use crate::{
-    core::Ingest,
-    error::{IngestError, RETRY_AFTER_SECONDS},
+    core::{Caller, Incoming, Ingest},
+    error::IngestError,
 };
 
 /// `IngestService` over the shared core.
@@ -60,10 +60,16 @@ impl IngestService for GrpcIngest {
         let trace = trace_context(request.metadata());
         // Before the span is entered: a started span's parent is fixed.
         propagation::set_parent(&span, &trace);
-        let authorization = eye_service::grpc::authorization(request.metadata()).map(str::to_owned);
+        // gRPC-Web calls from a page carry the page's `Origin`, as HTTP headers do.
+        let (metadata, _, request) = request.into_parts();
+        let caller = Caller {
+            authorization: eye_service::grpc::authorization(&metadata),
+            origin: metadata.get("origin").and_then(|value| value.to_str().ok()),
+            address: None,
+        };
         let answer = self
             .core
-            .send(authorization.as_deref(), trace, request.into_inner())
+            .send(caller, trace, Incoming::all(request.events))
             .instrument(span.clone())
             .await
             .map_err(Status::from);
@@ -90,7 +96,9 @@ impl IngestService for GrpcIngest {
 
 fn retry_later(code: tonic::Code, error: &IngestError) -> Status {
     let mut metadata = MetadataMap::new();
-    metadata.insert("retry-after", RETRY_AFTER_SECONDS.to_string().parse().expect("ascii digits"));
+    if let Some(seconds) = error.retry_after() {
+        metadata.insert("retry-after", seconds.to_string().parse().expect("ascii digits"));
+    }
     Status::with_metadata(code, error.to_string(), metadata)
 }
 
@@ -101,9 +109,9 @@ impl From<IngestError> for Status {
             IngestError::EmptyBatch
             | IngestError::TooManyEvents { .. }
             | IngestError::BatchTooLarge { .. } => Status::invalid_argument(error.to_string()),
-            IngestError::Overloaded | IngestError::Backlogged { .. } => {
-                retry_later(tonic::Code::ResourceExhausted, &error)
-            }
+            IngestError::RateLimited { .. }
+            | IngestError::Overloaded
+            | IngestError::Backlogged { .. } => retry_later(tonic::Code::ResourceExhausted, &error),
             IngestError::DatabaseUnavailable => retry_later(tonic::Code::Unavailable, &error),
             IngestError::ShuttingDown => Status::unavailable(error.to_string()),
             IngestError::Storage(ref source) => {

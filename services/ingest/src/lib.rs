@@ -1,11 +1,15 @@
-//! `eye-ingest`: the pipeline's source. Trusted applications send batches of events over gRPC
-//! (`eye.v1.IngestService/SendEvents`); each event gets its own answer, and the answer comes only
-//! once the accepted events are durable in Postgres.
+//! `eye-ingest`: the pipeline's source. Applications send batches of events over gRPC
+//! (`eye.v1.IngestService/SendEvents`, also as gRPC-Web) or HTTP/JSON (`POST /v1/events`, on
+//! its own port); each event gets its own answer, and the answer comes only once the accepted
+//! events are durable in Postgres.
 //!
 //! # Layout
-//! - [`core`]: the transport-free core: authenticate, check limits, check each envelope
-//!   (`event_model::envelope`), hand the accepted events to the committer, answer per event.
+//! - [`core`]: the transport-free core: authenticate (with the browser rules of publishable
+//!   keys), check limits, check each envelope (`event_model::envelope`), hand the accepted
+//!   events to the committer, answer per event.
 //! - [`grpc`]: the gRPC adapter (span, request metrics, the mapping to `tonic::Status`).
+//! - [`http`]: the HTTP adapter (body decoding, CORS, the mapping to HTTP answers,
+//!   `/healthz`, `/openapi.json`, the tracker at `/v1/eye.js`).
 //! - [`commit`]: group commit. Concurrent requests share one transaction that records their ids
 //!   in the idempotency ledger (which answers DUPLICATE) and enqueues one outbox row per request
 //!   into the `validate` stage.
@@ -21,13 +25,17 @@ pub mod commit;
 pub mod core;
 pub mod error;
 pub mod grpc;
+pub mod http;
 
 use std::{sync::Arc, time::Duration};
 
 use eye_proto::v1::ingest_service_server::IngestServiceServer;
 use eye_service::{
-    Settings, auth::Authenticator, database::DatabaseStatus, grpc as grpc_server,
-    http::MetricsEndpoint,
+    Settings,
+    auth::Authenticator,
+    database::DatabaseStatus,
+    grpc as grpc_server,
+    http::{HttpListener, MetricsEndpoint},
 };
 use eye_telemetry::metrics::Metrics;
 use tokio::net::TcpListener;
@@ -41,6 +49,7 @@ const GRACE_PERIOD: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    http: HttpListener,
     core: Arc<core::Ingest>,
     committer: commit::Committer,
     backpressure: backpressure::Backpressure,
@@ -68,6 +77,7 @@ impl Application {
         let pool = eye_service::database::pool(&settings.database)?;
         metrics.watch_pool(&pool);
         let listener = grpc_server::bind(&settings.ingest.host, settings.ingest.port).await?;
+        let http = HttpListener::bind(&settings.ingest.host, settings.ingest.http_port).await?;
         let committer = commit::Committer::start(pool.clone(), &settings.ingest, metrics.clone());
         let auth = Authenticator::new(pool.clone(), settings.auth_cache_ttl());
         let database = DatabaseStatus::default();
@@ -82,6 +92,7 @@ impl Application {
         ));
         Ok(Self {
             listener,
+            http,
             core,
             committer,
             backpressure,
@@ -97,6 +108,11 @@ impl Application {
         grpc_server::local_addr(&self.listener).port()
     }
 
+    /// The bound port of HTTP ingest (`POST /v1/events`).
+    pub fn http_port(&self) -> u16 {
+        self.http.port()
+    }
+
     /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
     pub fn metrics_port(&self) -> Option<u16> {
         self.metrics.port()
@@ -105,9 +121,28 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
     /// and their commits land, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, core, committer, backpressure, database, pool, settings, metrics } =
-            self;
-        let service = grpc::GrpcIngest::new(core, metrics.metrics().clone());
+        let Self {
+            listener,
+            http,
+            core,
+            committer,
+            backpressure,
+            database,
+            pool,
+            settings,
+            metrics,
+        } = self;
+        let service = grpc::GrpcIngest::new(core.clone(), metrics.metrics().clone());
+        let routes = http::HttpIngest::new(
+            core,
+            metrics.metrics().clone(),
+            database.clone(),
+            shutdown.clone(),
+            &settings.ingest,
+        )
+        .router();
+        let http_server =
+            tokio::spawn(http.serve(routes, shutdown.clone(), eye_service::http::GRACE_PERIOD));
         // Serves until the end of the drain, so the drain itself can be watched.
         let metrics_server = metrics.spawn();
         tokio::spawn(backpressure.watch_backlog(
@@ -121,6 +156,10 @@ impl Application {
         let reflection = grpc_server::reflection("eye.v1.IngestService");
         let timeout = Duration::from_millis(settings.ingest.request_timeout_ms);
         let server = grpc_server::server(&settings.tls, timeout)?
+            // gRPC-Web (HTTP/1.1 or 2) beside native gRPC, with CORS for pages.
+            .accept_http1(true)
+            .layer(grpc_web_cors())
+            .layer(tonic_web::GrpcWebLayer::new())
             .add_service(health)
             .add_service(reflection.0)
             .add_service(reflection.1)
@@ -136,6 +175,11 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
         let served = grpc_server::drain_within(server, &shutdown, GRACE_PERIOD).await;
+        match http_server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "http ingest failed"),
+            Err(error) => tracing::warn!(%error, "http ingest task failed"),
+        }
         // The server has drained; now let the committer finish what it holds.
         match tokio::time::timeout(GRACE_PERIOD, committer.close()).await {
             Ok(()) => tracing::info!("ingest drained"),
@@ -147,4 +191,17 @@ impl Application {
         served?;
         Ok(())
     }
+}
+
+/// CORS for gRPC-Web calls from pages: any origin may ask (the core decides whether the key may
+/// be used from it), and the gRPC status trailers are readable.
+fn grpc_web_cors() -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let expose = ["grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after"];
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([axum::http::Method::POST])
+        .allow_headers(Any)
+        .expose_headers(expose.map(axum::http::HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 60 * 60))
 }

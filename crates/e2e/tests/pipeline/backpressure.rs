@@ -1,7 +1,7 @@
 //! Back-pressure: ingest refuses at once, with a retry hint, and recovers by itself.
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, count, db_with_key, event};
+use eye_e2e::{Pipeline, authorized, count, db_with_key, event, transport::Transport};
 use eye_proto::v1::{SendEventsRequest, ingest_service_client::IngestServiceClient};
 use eye_test_support::TestDb;
 use serde_json::json;
@@ -38,6 +38,11 @@ async fn a_backlog_over_the_bound_is_refused_until_it_drains() {
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert_eq!(refused.metadata().get("retry-after").unwrap(), "1");
     assert!(refused.message().contains("behind"), "{}", refused.message());
+    // The same back-pressure over HTTP: 429 with the same hint.
+    let over_http = ingest.send(Transport::Http, Some(&key), &one_event()).await.unwrap_err();
+    assert_eq!((over_http.http_status, over_http.code), (Some(429), Code::ResourceExhausted));
+    assert_eq!(over_http.retry_after.as_deref(), Some("1"));
+    assert!(over_http.message.contains("behind"), "{}", over_http.message);
     // The key is checked first: a bad one is told so, and learns nothing about the backlog.
     let wrong = format!("eye_{}", "0".repeat(64));
     let status = client.send_events(authorized(one_event(), &wrong)).await.unwrap_err();
@@ -76,6 +81,16 @@ async fn an_unreachable_database_is_answered_unavailable_at_once() {
         let status = client.send_events(request).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(!status.message().contains("127.0.0.1"), "no internals leak: {}", status.message());
+        let over_http = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            ingest.send(Transport::Http, Some("eye_whatever"), &one_event()),
+        )
+        .await
+        .expect("answered at once")
+        .unwrap_err();
+        assert_eq!((over_http.http_status, over_http.code), (Some(503), Code::Unavailable));
+        assert_eq!(over_http.retry_after.as_deref(), Some("1"));
+        assert!(!over_http.message.contains("127.0.0.1"), "{}", over_http.message);
     }
     ingest.stop().await;
 }

@@ -1,8 +1,11 @@
 //! The whole write path, end to end: ingest -> outbox -> validator -> writer -> store.
 
 mod backpressure;
+mod browser_keys;
 mod concurrency;
+mod grpc_web;
 mod hostile;
+mod http;
 mod limits;
 mod metrics;
 mod poison;
@@ -11,7 +14,10 @@ mod tls;
 use std::time::Duration;
 
 use chrono::Utc;
-use eye_e2e::{Pipeline, authorized, count, create_key, db_with_key, event};
+use eye_e2e::{
+    Pipeline, count, create_key, db_with_key, event,
+    transport::Transport::{self, Grpc, Http},
+};
 use eye_proto::v1::{EventStatus, SendEventsRequest};
 use eye_test_support::{TestDb, wait_for};
 use serde_json::json;
@@ -21,10 +27,18 @@ use uuid::Uuid;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_flow_from_ingest_to_store_and_errors() {
+async fn events_flow_from_ingest_to_store_and_errors_over_grpc() {
+    events_flow_from_ingest_to_store_and_errors(Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_flow_from_ingest_to_store_and_errors_over_http() {
+    events_flow_from_ingest_to_store_and_errors(Http).await;
+}
+
+async fn events_flow_from_ingest_to_store_and_errors(transport: Transport) {
     let (db, app_id, key) = eye_e2e::shop_db().await;
     let pipeline = Pipeline::start(&db, 1, 1).await;
-    let mut client = pipeline.client().await;
 
     let session = Uuid::new_v4();
     let now = Utc::now();
@@ -67,19 +81,14 @@ async fn events_flow_from_ingest_to_store_and_errors() {
     ];
     let request = SendEventsRequest { events: events.clone(), sent_at: None };
 
-    let response =
-        client.send_events(authorized(request.clone(), &key)).await.unwrap().into_inner();
-    let statuses: Vec<_> = response.results.iter().map(|r| r.status()).collect();
+    let results = pipeline.send(transport, Some(&key), &request).await.unwrap();
+    let statuses: Vec<_> = results.iter().map(|r| r.status()).collect();
     use EventStatus::{Accepted, Duplicate, Rejected};
     assert_eq!(statuses, [Accepted, Accepted, Accepted, Accepted, Accepted, Rejected]);
-    for (result, sent) in response.results.iter().zip(&events) {
+    for (result, sent) in results.iter().zip(&events) {
         assert_eq!(result.event_id, sent.event_id, "results answer events in order");
     }
-    assert!(
-        response.results[5].reason.starts_with("invalid_session_id:"),
-        "{}",
-        response.results[5].reason
-    );
+    assert!(results[5].reason.starts_with("invalid_session_id:"), "{}", results[5].reason);
 
     wait_for(&db.pool, TIMEOUT, "3 events stored and 2 quarantined", || async {
         let stored = count(&db.pool, "SELECT count(*) FROM events").await;
@@ -130,8 +139,8 @@ async fn events_flow_from_ingest_to_store_and_errors() {
     assert_eq!(errors[1].1, "timestamp_in_future");
 
     // The same batch again stores nothing twice.
-    let again = client.send_events(authorized(request, &key)).await.unwrap().into_inner();
-    let statuses: Vec<_> = again.results.iter().map(|r| r.status()).collect();
+    let again = pipeline.send(transport, Some(&key), &request).await.unwrap();
+    let statuses: Vec<_> = again.iter().map(|r| r.status()).collect();
     assert_eq!(statuses, [Duplicate, Duplicate, Duplicate, Duplicate, Duplicate, Rejected]);
     assert_eq!(
         count(&db.pool, "SELECT count(*) FROM outbox").await,
@@ -150,28 +159,35 @@ async fn keys_are_checked() {
     let (db, _, key) = db_with_key("shop", &["ingest"]).await;
     let (_, read_only) = create_key(&db.pool, "analyst", &["read"]).await;
     let pipeline = Pipeline::start(&db, 0, 0).await;
-    let mut client = pipeline.client().await;
     let request = || SendEventsRequest {
         events: vec![event(Uuid::new_v4(), "c", "n", json!({}), Utc::now())],
         sent_at: None,
     };
 
-    let missing = client.send_events(tonic::Request::new(request())).await.unwrap_err();
-    assert_eq!(missing.code(), Code::Unauthenticated);
-    let wrong = client.send_events(authorized(request(), "eye_0000")).await.unwrap_err();
-    assert_eq!(wrong.code(), Code::Unauthenticated);
-    let forbidden = client.send_events(authorized(request(), &read_only)).await.unwrap_err();
-    assert_eq!(forbidden.code(), Code::PermissionDenied);
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM outbox").await, 0);
+    for transport in Transport::ALL {
+        let before = count(&db.pool, "SELECT count(*) FROM outbox").await;
+        let refused =
+            async |key: Option<&str>| pipeline.send(transport, key, &request()).await.unwrap_err();
+        let missing = refused(None).await;
+        assert_eq!(missing.code, Code::Unauthenticated, "{transport:?}");
+        assert!(missing.message.contains("authorization"), "{}", missing.message);
+        let wrong = refused(Some("eye_0000")).await;
+        assert_eq!(wrong.code, Code::Unauthenticated, "{transport:?}");
+        let forbidden = refused(Some(&read_only)).await;
+        assert_eq!(forbidden.code, Code::PermissionDenied, "{transport:?}");
+        assert!(forbidden.message.contains("`ingest` role"), "{}", forbidden.message);
+        assert_eq!(count(&db.pool, "SELECT count(*) FROM outbox").await, before, "none enqueued");
+        pipeline.send(transport, Some(&key), &request()).await.unwrap();
+    }
 
-    client.send_events(authorized(request(), &key)).await.unwrap();
     // Revocation takes effect once the cached answer expires (5 s by default); a fresh server
     // has no cache, so it refuses at once.
     eye_admin::apps::revoke(&db.pool, "shop").await.unwrap();
     let pipeline2 = Pipeline::start(&db, 0, 0).await;
-    let revoked =
-        pipeline2.client().await.send_events(authorized(request(), &key)).await.unwrap_err();
-    assert_eq!(revoked.code(), Code::Unauthenticated);
+    for transport in Transport::ALL {
+        let revoked = pipeline2.send(transport, Some(&key), &request()).await.unwrap_err();
+        assert_eq!(revoked.code, Code::Unauthenticated, "{transport:?}");
+    }
     pipeline2.stop().await;
     pipeline.stop().await;
 }

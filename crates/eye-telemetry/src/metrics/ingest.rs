@@ -7,6 +7,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use prometheus_client::encoding::EncodeLabelSet;
+
 use super::{
     CodeLabel, HistogramFamily, ReasonLabel, events_histogram, request_histogram, rows_histogram,
 };
@@ -19,6 +21,8 @@ pub struct IngestMetrics {
     duplicate: Counter,
     rejected: Family<ReasonLabel, Counter>,
     request_duration: HistogramFamily<CodeLabel>,
+    http_request_duration: HistogramFamily<StatusLabel>,
+    refusals: Family<ReasonLabel, Counter>,
     commit_requests: Histogram,
     commit_events: Histogram,
 }
@@ -31,6 +35,8 @@ impl IngestMetrics {
             duplicate: Counter::default(),
             rejected: Family::default(),
             request_duration: Family::new_with_constructor(request_histogram),
+            http_request_duration: Family::new_with_constructor(request_histogram),
+            refusals: Family::default(),
             commit_requests: rows_histogram(),
             commit_events: events_histogram(),
         };
@@ -59,6 +65,18 @@ impl IngestMetrics {
             "SendEvents from receipt to answer, group commit included, by gRPC status code",
             Unit::Seconds,
             this.request_duration.clone(),
+        );
+        registry.register_with_unit(
+            "eye_ingest_http_request_duration",
+            "POST /v1/events from receipt to answer, by HTTP status",
+            Unit::Seconds,
+            this.http_request_duration.clone(),
+        );
+        registry.register(
+            "eye_ingest_refusals",
+            "Whole requests refused (any transport), by reason: missing_key, invalid_key, \
+             forbidden, origin_not_allowed, secret_key_in_browser, rate_limited, backlogged, ...",
+            this.refusals.clone(),
         );
         registry.register(
             "eye_ingest_commit_requests",
@@ -89,9 +107,26 @@ impl IngestMetrics {
         self.request_duration.get_or_create(&CodeLabel { code }).observe(elapsed.as_secs_f64());
     }
 
+    /// One `POST /v1/events`, answered with HTTP `status` after `elapsed`.
+    pub fn observe_http_request(&self, status: u16, elapsed: Duration) {
+        self.http_request_duration
+            .get_or_create(&StatusLabel { status })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One request refused whole, for `reason` (a stable code).
+    pub fn record_refusal(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
     /// One group commit of `requests` requests holding `events` events.
     pub fn observe_commit(&self, requests: usize, events: usize) {
         self.commit_requests.observe(requests as f64);
         self.commit_events.observe(events as f64);
     }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
 }

@@ -17,7 +17,19 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: AppsCommand) -> an
             println!("created application `{name}` (id {})", issued.application_id);
             print_key(&issued);
         }
-        AppsCommand::Key { name, roles } => {
+        AppsCommand::Key { name, publishable: true, origins, .. } => {
+            let issued = apps::issue_publishable_key(pool, &name, &origins)
+                .await
+                .map_err(database::admin)?;
+            println!(
+                "issued a publishable key for application `{name}` (id {}): ingest only, from {}",
+                issued.application_id,
+                origins.join(", ")
+            );
+            println!("it is meant to be in your pages; it is shown only this once:");
+            println!("{}", issued.key);
+        }
+        AppsCommand::Key { name, roles, .. } => {
             let issued =
                 apps::issue_key(pool, &name, &roles.roles()).await.map_err(database::admin)?;
             println!("issued a new key for application `{name}` (id {})", issued.application_id);

@@ -65,6 +65,7 @@ pub async fn run(args: DevArgs, settings: Settings) -> anyhow::Result<()> {
 struct DevEnv {
     database_url: String,
     endpoint: String,
+    http_endpoint: String,
     query_endpoint: String,
     api_key: String,
 }
@@ -76,10 +77,11 @@ impl DevEnv {
 
     fn exports(&self) -> String {
         format!(
-            "export DATABASE_URL={}\nexport EYE_ENDPOINT={}\nexport EYE_QUERY_ENDPOINT={}\n\
-             export EYE_API_KEY={}\n",
+            "export DATABASE_URL={}\nexport EYE_ENDPOINT={}\nexport EYE_HTTP_ENDPOINT={}\n\
+             export EYE_QUERY_ENDPOINT={}\nexport EYE_API_KEY={}\n",
             shell_quote(&self.database_url),
             shell_quote(&self.endpoint),
+            shell_quote(&self.http_endpoint),
             shell_quote(&self.query_endpoint),
             shell_quote(&self.api_key),
         )
@@ -103,6 +105,7 @@ impl DevEnv {
         Ok(Some(Self {
             database_url: value("DATABASE_URL"),
             endpoint: value("EYE_ENDPOINT"),
+            http_endpoint: value("EYE_HTTP_ENDPOINT"),
             query_endpoint: value("EYE_QUERY_ENDPOINT"),
             api_key: value("EYE_API_KEY"),
         }))
@@ -234,7 +237,13 @@ async fn serve(dir: &Path, host: &str, mut settings: Settings) -> anyhow::Result
     };
     let ingest = eye_ingest::Application::build_with_metrics(settings.clone(), metrics.clone())
         .await
-        .with_context(|| busy("ingest", host, settings.ingest.port, "EYE__INGEST__PORT"))?;
+        .with_context(|| {
+            format!(
+                "{} (or :{} for HTTP ingest, EYE__INGEST__HTTP_PORT)",
+                busy("ingest", host, settings.ingest.port, "EYE__INGEST__PORT"),
+                settings.ingest.http_port
+            )
+        })?;
     let query = eye_query::Application::build_with_metrics(settings.clone(), metrics.clone())
         .await
         .with_context(|| busy("queries", host, settings.query.port, "EYE__QUERY__PORT"))?;
@@ -261,6 +270,7 @@ async fn serve(dir: &Path, host: &str, mut settings: Settings) -> anyhow::Result
     let env = DevEnv {
         database_url,
         endpoint: shown(ingest.port()),
+        http_endpoint: shown(ingest.http_port()),
         query_endpoint: shown(query.port()),
         api_key,
     };
@@ -340,9 +350,9 @@ fn banner(
         Source::Configured => "DATABASE_URL, as configured",
     };
     banner.push_str(&format!(
-        "  ingest endpoint: {}\n  query endpoint:  {}\n  metrics:         {metrics}/metrics\n  \
-         database:        {database}\n",
-        env.endpoint, env.query_endpoint,
+        "  ingest endpoint: {}\n  http endpoint:   {} (POST /v1/events, /openapi.json, /v1/eye.js)\n  \
+         query endpoint:  {}\n  metrics:         {metrics}/metrics\n  database:        {database}\n",
+        env.endpoint, env.http_endpoint, env.query_endpoint,
     ));
     banner.push_str("\nIn another terminal, in this directory:\n");
     if let Some(bin) = eye_dir_if_not_on_path() {
@@ -352,7 +362,7 @@ fn banner(
         ));
     }
     banner.push_str(
-        "  eval \"$(eye dev env)\"      # DATABASE_URL, EYE_ENDPOINT, EYE_QUERY_ENDPOINT, EYE_API_KEY\n  \
+        "  eval \"$(eye dev env)\"      # DATABASE_URL, EYE_ENDPOINT, EYE_HTTP_ENDPOINT, EYE_QUERY_ENDPOINT, EYE_API_KEY\n  \
          eye send --category 'page interaction' --name pageview --data '{\"host\": \"example.com\", \"path\": \"/\"}'\n  \
          eye events --from 15m\n  \
          psql \"$DATABASE_URL\" -c 'SELECT count(*) FROM events'\n\n",
@@ -421,6 +431,7 @@ mod tests {
         let env = DevEnv {
             database_url: "postgres://u@h:1/db?x='y'".into(),
             endpoint: "http://127.0.0.1:1".into(),
+            http_endpoint: "http://127.0.0.1:3".into(),
             query_endpoint: "http://127.0.0.1:2".into(),
             api_key: "eye_abc".into(),
         };

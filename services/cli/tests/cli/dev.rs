@@ -16,6 +16,7 @@ async fn eye_in(home: &Path, args: &[&str]) -> super::Run {
         .env_remove("EYE_API_KEY")
         .env_remove("RUST_LOG")
         .env("EYE__INGEST__PORT", "0")
+        .env("EYE__INGEST__HTTP_PORT", "0")
         .env("EYE__QUERY__PORT", "0")
         .env("EYE__METRICS__PORT", "0")
         .output()

@@ -197,6 +197,7 @@ impl Dev {
         let env = [
             ("DATABASE_URL", database_url),
             ("EYE__INGEST__PORT", port.as_str()),
+            ("EYE__INGEST__HTTP_PORT", "0"),
             ("EYE__VALIDATOR__CONSUMER__POLL_INTERVAL_MS", "200"),
             ("EYE__WRITER__CONSUMER__POLL_INTERVAL_MS", "200"),
         ];

@@ -75,6 +75,7 @@ async fn start_dev(home: &Path, env: &[(&str, &str)]) -> (tokio::process::Child,
         .env_remove("DATABASE_URL")
         .env_remove("RUST_LOG")
         .env("EYE__INGEST__PORT", "0")
+        .env("EYE__INGEST__HTTP_PORT", "0")
         .env("EYE__QUERY__PORT", "0")
         .env("EYE__METRICS__PORT", "0")
         .envs(env.iter().copied())
@@ -212,6 +213,61 @@ async fn apps_key_list_and_revoke() {
     assert!(run.stderr.contains("no application named `nobody`"), "{}", run.stderr);
     let run = eye(&db.url, &["apps", "key", "nobody"]).await.failure();
     assert!(run.stderr.contains("eye apps create nobody"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn apps_key_publishable_issues_a_browser_key_for_its_origins() {
+    let db = TestDb::new().await;
+    eye(&db.url, &["apps", "create", "web shop"]).await.success();
+    let run = eye(
+        &db.url,
+        &[
+            "apps",
+            "key",
+            "web shop",
+            "--publishable",
+            "--origin",
+            "https://Shop.example/",
+            "--origin",
+            "http://localhost:3000",
+        ],
+    )
+    .await
+    .success();
+    let key = run.last_line();
+    assert!(key.starts_with("eye_pk_") && key.len() == 71, "{key}");
+    assert!(run.stdout.contains("ingest only"), "{}", run.stdout);
+    let (roles, publishable, origins): (Vec<String>, bool, Vec<String>) =
+        sqlx::query_as("SELECT roles, publishable, origins FROM api_keys WHERE key_hash = $1")
+            .bind(&eye_service::auth::hash_key(key)[..])
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((roles, publishable), (vec!["ingest".to_owned()], true));
+    assert_eq!(origins, ["http://localhost:3000", "https://shop.example"], "normalised, sorted");
+
+    let run =
+        eye(&db.url, &["apps", "key", "web shop", "--publishable", "--origin", "shop.example"])
+            .await
+            .failure();
+    assert!(run.stderr.contains("scheme://host[:port]"), "{}", run.stderr);
+    // Without an origin, or with a role, clap refuses before anything runs.
+    for args in [
+        &["apps", "key", "web shop", "--publishable"][..],
+        &[
+            "apps",
+            "key",
+            "web shop",
+            "--publishable",
+            "--origin",
+            "https://a.example",
+            "--role",
+            "read",
+        ],
+    ] {
+        let run = eye(&db.url, args).await;
+        assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    }
 }
 
 #[tokio::test]

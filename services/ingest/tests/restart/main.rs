@@ -1,6 +1,7 @@
-//! Rolling restart with real processes and real signals: `eye-ingest` is stopped with SIGTERM
-//! and replaced, three times, while a retrying client keeps sending. Every acknowledged event
-//! must be durable; each old process must drain and exit cleanly.
+//! Rolling restart with real processes and real signals: `eye-ingest` is stopped (SIGTERM, then
+//! kill -9, then SIGTERM) and replaced while retrying clients keep sending over gRPC and over
+//! HTTP. Every acknowledged event must be durable, exactly once; each SIGTERMed process must
+//! drain and exit cleanly.
 
 use eye_service::auth::Role;
 use std::{collections::HashSet, process::Stdio, time::Duration};
@@ -14,11 +15,12 @@ use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
-fn spawn_ingest(db: &TestDb, port: u16) -> Child {
+fn spawn_ingest(db: &TestDb, port: u16, http_port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_eye-ingest"))
         .env("DATABASE_URL", &db.url)
         .env("EYE__INGEST__HOST", "127.0.0.1")
         .env("EYE__INGEST__PORT", port.to_string())
+        .env("EYE__INGEST__HTTP_PORT", http_port.to_string())
         .env("EYE__METRICS__PORT", "0")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -94,6 +96,49 @@ async fn send_until_answered(
     }
 }
 
+/// [`send_until_answered`] over HTTP/JSON (`POST /v1/events`): 429, 503 and connection
+/// failures are retried with the same ids; any other refusal fails the test.
+async fn post_until_answered(url: &str, key: &str, request: &SendEventsRequest) -> Vec<String> {
+    let events: Vec<serde_json::Value> = request
+        .events
+        .iter()
+        .map(|event| {
+            let at = event.timestamp.as_ref().unwrap();
+            let at = chrono::DateTime::from_timestamp(at.seconds, at.nanos as u32).unwrap();
+            serde_json::json!({
+                "event_id": event.event_id, "session_id": event.session_id,
+                "category": event.category, "name": event.name,
+                "data": serde_json::from_str::<serde_json::Value>(&event.data_json).unwrap(),
+                "timestamp": at.to_rfc3339(),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({ "events": events }).to_string();
+    let client = reqwest::Client::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let sent = client.post(url).bearer_auth(key).body(body.clone()).send().await;
+        if let Ok(response) = sent {
+            let status = response.status().as_u16();
+            if let Ok(answer) = response.json::<serde_json::Value>().await {
+                assert!(matches!(status, 200 | 429 | 503), "unexpected {status}: {answer}");
+                if status == 200 {
+                    return answer["results"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter(|r| matches!(r["status"].as_str(), Some("ACCEPTED" | "DUPLICATE")))
+                        .map(|r| r["event_id"].as_str().unwrap().to_owned())
+                        .collect();
+                }
+            }
+        }
+        // A client's retry backoff while the server restarts (not test synchronisation).
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+    }
+}
+
 async fn wait_until_serving(endpoint: &str) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -115,25 +160,32 @@ async fn wait_until_serving(endpoint: &str) {
 async fn nothing_acknowledged_is_lost_across_a_rolling_restart() {
     let db = TestDb::new().await;
     let key = create_key(&db).await;
-    let port = eye_test_support::free_port();
+    let (port, http_port) = (eye_test_support::free_port(), eye_test_support::free_port());
     let endpoint = format!("http://127.0.0.1:{port}");
-    let mut server = spawn_ingest(&db, port);
+    let url = format!("http://127.0.0.1:{http_port}/v1/events");
+    let mut server = spawn_ingest(&db, port, http_port);
     wait_until_serving(&endpoint).await;
 
-    // Four senders keep requests in flight while the servers are replaced.
+    // Four senders (two over gRPC, two over HTTP) keep requests in flight while the servers
+    // are replaced.
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut senders = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let (endpoint, key, done) = (endpoint.clone(), key.clone(), done_rx.clone());
+    for sender in 0..4 {
+        let (endpoint, url, key, done) =
+            (endpoint.clone(), url.clone(), key.clone(), done_rx.clone());
         senders.spawn(async move {
             let mut acknowledged = Vec::new();
             while !*done.borrow() {
-                acknowledged.extend(send_until_answered(&endpoint, &key, &batch(50)).await);
+                acknowledged.extend(if sender % 2 == 0 {
+                    send_until_answered(&endpoint, &key, &batch(50)).await
+                } else {
+                    post_until_answered(&url, &key, &batch(50)).await
+                });
             }
-            acknowledged
+            (sender % 2 == 0, acknowledged)
         });
     }
-    for _ in 0..3 {
+    for signal in ["-TERM", "-KILL", "-TERM"] {
         // Let some traffic through this server, then replace it.
         let before: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
             .fetch_one(&db.pool)
@@ -148,19 +200,25 @@ async fn nothing_acknowledged_is_lost_across_a_rolling_restart() {
         })
         .await;
         let pid = server.id().expect("running");
-        let term = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        assert!(term.unwrap().success());
+        let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
+        assert!(sent.unwrap().success());
         let exit = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
         let exit = exit.expect("drains within the grace period").unwrap();
-        assert!(exit.success(), "SIGTERM is a clean exit: {exit:?}");
-        server = spawn_ingest(&db, port);
+        if signal == "-TERM" {
+            assert!(exit.success(), "SIGTERM is a clean exit: {exit:?}");
+        }
+        server = spawn_ingest(&db, port, http_port);
         wait_until_serving(&endpoint).await;
     }
     done_tx.send(true).unwrap();
     let mut acknowledged = HashSet::new();
-    while let Some(ids) = senders.join_next().await {
-        acknowledged.extend(ids.unwrap());
+    let mut over = [0, 0];
+    while let Some(joined) = senders.join_next().await {
+        let (grpc, ids) = joined.unwrap();
+        over[usize::from(grpc)] += ids.len();
+        acknowledged.extend(ids);
     }
+    assert!(over.iter().all(|&n| n > 0), "both transports acknowledged events: {over:?}");
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &server.id().unwrap().to_string()])
         .status();
