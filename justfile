@@ -25,6 +25,7 @@ bench *ARGS:
 bench-check:
     cargo build --bins
     target/debug/eye-bench --bin-dir target/debug --scenario clients --events 20000 --batch 200 --no-copy --json
+    target/debug/eye-bench --bin-dir target/debug --scenario transports --events 20000 --batch 200 --no-copy --json
 
 # Read-path latency: 10 million events loaded by COPY (about 2.5 minutes, once), then p50/p95/p99
 # of sessions, a category over an hour and payload lookups through the real QueryService, and
@@ -40,6 +41,11 @@ query-bench *ARGS:
 chaos *ARGS:
     cargo build --release --bins
     target/release/eye-chaos {{ARGS}}
+
+# The browser tracker's tests (headless Chromium, `apt-get install chromium`, against eye dev).
+test-js:
+    cargo build --bins
+    bash clients/js/run-tests.sh
 
 # What CI checks.
 verify: lint test

@@ -21,6 +21,10 @@
 //! - `client-spool`: `client` with the durable spool on (fsync before `track` returns).
 //! - `clients`: `steady`, `client` and `client-spool` in one run, each on a fresh database,
 //!   with the ratios of the client's acknowledged rate to the raw one.
+//! - `http`: `steady` over HTTP/JSON (`POST /v1/events`, `--concurrency` keep-alive
+//!   connections, each batch encoded as JSON when sent, as a client would).
+//! - `transports`: `steady` and `http` in one run, each on a fresh database, with the ratios of
+//!   HTTP's end-to-end and acknowledged rates to gRPC's.
 //!
 //! Run `just bench`, or `cargo build --release --bins && target/release/eye-bench --help`.
 
@@ -58,6 +62,8 @@ enum Scenario {
     Client,
     ClientSpool,
     Clients,
+    Http,
+    Transports,
 }
 
 #[derive(Debug, Parser)]
@@ -108,6 +114,17 @@ struct Comparison {
     client_to_raw: f64,
     /// The same with the spool on.
     client_spool_to_raw: f64,
+}
+
+/// The `transports` scenario: gRPC and HTTP, and their ratios.
+#[derive(Debug, Serialize)]
+struct TransportComparison {
+    grpc: Report,
+    http: Report,
+    /// End-to-end events/s (acknowledged -> stored) over HTTP to over gRPC (target: 0.7).
+    http_to_grpc_end_to_end: f64,
+    /// Acknowledged events/s over HTTP to over gRPC.
+    http_to_grpc_acknowledged: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -165,6 +182,19 @@ async fn main() -> anyhow::Result<()> {
         bail!("--events, --batch and --concurrency must be at least 1");
     }
     let server = harness::durable_server_url("eye-bench-pg")?;
+    if args.scenario == Scenario::Transports {
+        let grpc = run_once(&args, &server, Scenario::Steady).await?;
+        let http = run_once(&args, &server, Scenario::Http).await?;
+        let comparison = TransportComparison {
+            http_to_grpc_end_to_end: http.end_to_end_per_second / grpc.end_to_end_per_second,
+            http_to_grpc_acknowledged: http.acknowledged_per_second / grpc.acknowledged_per_second,
+            grpc,
+            http,
+        };
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+        check(&comparison.grpc)?;
+        return check(&comparison.http);
+    }
     if args.scenario != Scenario::Clients {
         let report = run_once(&args, &server, args.scenario).await?;
         print_report(&report, args.json)?;
@@ -223,11 +253,11 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
     };
     report.outbox_bytes_before = outbox_bytes(&mut conn).await?;
 
-    let port = free_port()?;
-    let mut services = vec![spawn(args, "eye-ingest", &db.url, port)?];
+    let (port, http_port) = (free_port()?, free_port()?);
+    let mut services = vec![spawn(args, "eye-ingest", &db.url, port, http_port)?];
     if scenario != Scenario::Drain {
-        services.push(spawn(args, "eye-validator", &db.url, port)?);
-        services.push(spawn(args, "eye-writer", &db.url, port)?);
+        services.push(spawn(args, "eye-validator", &db.url, port, http_port)?);
+        services.push(spawn(args, "eye-writer", &db.url, port, http_port)?);
     }
     let endpoint = format!("http://127.0.0.1:{port}");
     wait_until_serving(&endpoint).await?;
@@ -247,6 +277,10 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
             report.peak_rss_mb.push(("eye load".into(), rss));
             outcome
         }
+        Scenario::Http => {
+            let url = format!("http://127.0.0.1:{http_port}/v1/events");
+            http_closed_loop(args, &key, batches.clone(), &url).await
+        }
         _ => closed_loop(args, &key, batches.clone(), &channels).await,
     };
     report.ack_seconds = started.elapsed().as_secs_f64();
@@ -260,8 +294,8 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
     let drain_started = Instant::now();
     if scenario == Scenario::Drain {
         report.outbox_bytes_peak = outbox_bytes(&mut conn).await?;
-        services.push(spawn(args, "eye-validator", &db.url, port)?);
-        services.push(spawn(args, "eye-writer", &db.url, port)?);
+        services.push(spawn(args, "eye-validator", &db.url, port, http_port)?);
+        services.push(spawn(args, "eye-writer", &db.url, port, http_port)?);
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     loop {
@@ -479,6 +513,64 @@ async fn closed_loop(
     outcome
 }
 
+/// [`closed_loop`] over HTTP/JSON.
+async fn http_closed_loop(
+    args: &Args,
+    key: &str,
+    batches: Arc<Vec<SendEventsRequest>>,
+    url: &str,
+) -> Outcome {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .expect("an HTTP client");
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.concurrency {
+        let (client, next, batches) = (client.clone(), next.clone(), batches.clone());
+        let (key, url) = (key.to_owned(), url.to_owned());
+        tasks.spawn(async move {
+            let mut outcome = Outcome::default();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = batches.get(index) else { return outcome };
+                let started = Instant::now();
+                let body = eye_e2e::transport::http_body(batch);
+                let sent = client.post(&url).bearer_auth(&key).body(body).send().await;
+                let answer = match sent {
+                    Ok(response) if response.status().is_success() => {
+                        response.json::<serde_json::Value>().await.map_err(|e| e.to_string())
+                    }
+                    Ok(response) => Err(format!("HTTP {}", response.status())),
+                    Err(error) => Err(error.to_string()),
+                };
+                outcome.latencies_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+                match answer {
+                    Ok(body) => {
+                        for result in body["results"].as_array().into_iter().flatten() {
+                            match result["status"].as_str() {
+                                Some("ACCEPTED") => outcome.accepted += 1,
+                                Some("DUPLICATE") => outcome.duplicate += 1,
+                                _ => outcome.rejected += 1,
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!("request failed: {error}");
+                        outcome.failed += 1;
+                    }
+                }
+            }
+        });
+    }
+    let mut outcome = Outcome::default();
+    while let Some(done) = tasks.join_next().await {
+        outcome.merge(done.expect("load task"));
+    }
+    outcome
+}
+
 async fn open_loop(
     args: &Args,
     key: &str,
@@ -662,13 +754,14 @@ fn spawn(
     name: &'static str,
     database_url: &str,
     port: u16,
+    http_port: u16,
 ) -> anyhow::Result<Service> {
     let path = args.bin_dir.join(name);
     let child = Command::new(&path)
         .env("DATABASE_URL", database_url)
         .env("EYE__INGEST__HOST", "127.0.0.1")
         .env("EYE__INGEST__PORT", port.to_string())
-        .env("EYE__INGEST__HTTP_PORT", "0")
+        .env("EYE__INGEST__HTTP_PORT", http_port.to_string())
         // Several services on one host: each its own free metrics port.
         .env("EYE__METRICS__HOST", "127.0.0.1")
         .env("EYE__METRICS__PORT", "0")

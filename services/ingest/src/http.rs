@@ -89,6 +89,8 @@ impl HttpIngest {
                 header::HeaderName::from_static("tracestate"),
             ])
             .expose_headers([header::RETRY_AFTER])
+            // Chrome asks before a public page may call a private address (an intranet ingest).
+            .allow_private_network(true)
             .max_age(Duration::from_secs(24 * 60 * 60));
         Router::new()
             .route("/v1/events", post(send_events))

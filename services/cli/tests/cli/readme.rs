@@ -171,3 +171,42 @@ async fn the_quickstart_runs_as_written() {
     assert!(dev.is_none(), "the quickstart ends by stopping eye dev and its Postgres");
     assert!(env.contains_key("EYE_API_KEY"), "the quickstart loads the key from `eye dev env`");
 }
+
+/// The whole `sh` blocks of the README section `title`.
+fn blocks(title: &str) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(eye_test_support::workspace_root().join("README.md")).unwrap();
+    let start = readme.find(&format!("## {title}\n")).expect("the section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| block.split("\n```").next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_website_section_runs_as_written() {
+    let scripts = blocks("Sending from a website");
+    assert_eq!(scripts.len(), 2, "a key and a curl: {scripts:?}");
+    let home = TempDir::new();
+    let (mut dev, _) = super::start_dev(&home.0, &[]).await;
+    let (ok, text) = shell(&home.0, &BTreeMap::new(), "eye dev env").await;
+    assert!(ok, "{text}");
+    let env = exports(&text);
+
+    let (ok, issued) = shell(&home.0, &env, &scripts[0]).await;
+    assert!(ok, "{}: {issued}", scripts[0]);
+    assert!(issued.lines().last().unwrap().starts_with("eye_pk_"), "{issued}");
+    let (ok, answer) = shell(&home.0, &env, &scripts[1]).await;
+    assert!(ok, "{}: {answer}", scripts[1]);
+    let answer: serde_json::Value = serde_json::from_str(answer.trim()).expect("a JSON answer");
+    assert_eq!(answer["results"][0]["status"], "ACCEPTED", "{answer}");
+
+    let status = Command::new("kill").args(["-TERM", &dev.id().unwrap().to_string()]).status();
+    assert!(status.await.unwrap().success());
+    dev.wait().await.unwrap();
+    let (ok, text) = shell(&home.0, &BTreeMap::new(), "eye dev stop").await;
+    assert!(ok, "{text}");
+}
