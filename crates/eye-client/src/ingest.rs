@@ -9,7 +9,11 @@ use eye_proto::v1::{
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use crate::connection::{ConnectError, ConnectOptions, Connection};
+use crate::{
+    RetryPolicy,
+    connection::{ConnectError, ConnectOptions, Connection},
+    retry::{Verdict, verdict},
+};
 
 /// Largest answer accepted: results for 1,000 events are far below it.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -87,6 +91,43 @@ impl Client {
         Ok(Self { connection })
     }
 
+    /// A client of `endpoint` that connects on first use and reconnects after failures: for
+    /// long-running senders (a relay, an importer) that start while ingest may be down.
+    pub fn lazy(
+        endpoint: impl Into<String>,
+        key: &str,
+        options: &ConnectOptions,
+    ) -> Result<Self, ConnectError> {
+        let connection = Connection::lazy(&endpoint.into(), &key.into(), options)?;
+        Ok(Self { connection })
+    }
+
+    /// Sends `events` as one call, retrying what [`RetryPolicy`] retries (the same events, so
+    /// a repeat is DUPLICATE; never sooner than the server's `retry-after`) until the server
+    /// answers or the policy's retries or budget run out. See [`Delivery`].
+    pub async fn send_retrying(&self, events: &[Event], policy: &RetryPolicy) -> Delivery {
+        let started = std::time::Instant::now();
+        let mut retry = 0;
+        loop {
+            let status = match self.send(events.to_vec()).await {
+                Ok(results) => return Delivery::Answered(results),
+                Err(status) => status,
+            };
+            let at_least = match verdict(&status) {
+                Verdict::Retry { at_least } => at_least,
+                Verdict::Split => return Delivery::TooLarge(status),
+                Verdict::Fail => return Delivery::Refused(status),
+            };
+            retry += 1;
+            let delay = policy.delay(retry, at_least, &mut rand::rng());
+            if retry > policy.max_retries || started.elapsed() + delay > policy.budget {
+                return Delivery::GaveUp(status);
+            }
+            tracing::debug!(retry, delay_ms = delay.as_millis() as u64, code = ?status.code(), "retrying a batch");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     pub(crate) fn from_connection(connection: Connection) -> Self {
         Self { connection }
     }
@@ -135,6 +176,31 @@ impl Client {
         }
         Ok(client.send_events(self.connection.request(request)).await?.into_inner())
     }
+}
+
+/// The namespace of [`record_session_id`] (a fixed, random UUID: never change it).
+pub const RECORD_SESSION_NAMESPACE: Uuid =
+    Uuid::from_u128(0x5d1c_7a4e_3b9f_4e21_9a0d_6c2b_8f47_e315);
+
+/// The session of one record's history: a UUIDv5 of its type and id (`"card"`, `"42"`), the
+/// same for every change of that record, from any producer (the relay's producers, `eye
+/// import`), so `eye session <id>` tells what happened to that record through its lifetime.
+pub fn record_session_id(record_type: &str, record_id: &str) -> Uuid {
+    Uuid::new_v5(&RECORD_SESSION_NAMESPACE, format!("{record_type}\0{record_id}").as_bytes())
+}
+
+/// What became of a batch sent with [`Client::send_retrying`].
+#[derive(Debug)]
+pub enum Delivery {
+    /// The server answered every event: `results[i]` for `events[i]`.
+    Answered(Vec<EventResult>),
+    /// The batch as a whole broke a limit (INVALID_ARGUMENT, OUT_OF_RANGE): send smaller ones.
+    TooLarge(Status),
+    /// Retrying cannot help (a refused key, an unexpected answer): fix the configuration.
+    Refused(Status),
+    /// Still failing (the server unreachable or overloaded) when the retries ran out: the events
+    /// may or may not be stored; send them again later, with the same ids.
+    GaveUp(Status),
 }
 
 /// An event happening now, with a server-assigned event id.

@@ -45,7 +45,10 @@ pub use buffered::{
     Stats, TrackError,
 };
 pub use connection::{ConnectError, ConnectOptions};
-pub use ingest::{Client, describe_status, event, event_at, status_name};
+pub use ingest::{
+    Client, Delivery, RECORD_SESSION_NAMESPACE, describe_status, event, event_at,
+    record_session_id, status_name,
+};
 pub use query::{Listing, MAX_PAGE_SIZE, QueryClient};
 pub use retry::RetryPolicy;
 

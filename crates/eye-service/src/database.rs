@@ -1,5 +1,6 @@
 //! The connection pool and the migrations embedded from the workspace's `migrations/`.
 
+use std::str::FromStr;
 use std::{
     sync::{
         Arc,
@@ -19,15 +20,19 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 /// A pool that connects on first use, so a service can start (and report NOT_SERVING) while the
 /// database is still coming up.
 pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, SettingsError> {
-    let url = settings.url()?;
-    PgPoolOptions::new()
+    let invalid = |error: sqlx::Error| SettingsError::Invalid {
+        field: "database.url",
+        reason: error.to_string(),
+    };
+    let mut options =
+        sqlx::postgres::PgConnectOptions::from_str(settings.url()?).map_err(invalid)?;
+    if let Some(search_path) = &settings.search_path {
+        options = options.options([("search_path", search_path.as_str())]);
+    }
+    Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
-        .connect_lazy(url)
-        .map_err(|error| SettingsError::Invalid {
-            field: "database.url",
-            reason: error.to_string(),
-        })
+        .connect_lazy_with(options))
 }
 
 /// Applies pending migrations.

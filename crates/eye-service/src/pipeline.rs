@@ -14,6 +14,9 @@ pub mod stage {
     pub const WRITE: &str = "write";
     /// Every stage of the pipeline: reported (as 0) by stats and metrics even when empty.
     pub const ALL: &[&str] = &[VALIDATE, WRITE];
+    /// In a producer's own database (its outbox schema, not The Eye's): the `eye.v1.Event`s a
+    /// producer enqueued in its transactions; `eye-relay` consumes it.
+    pub const PRODUCER: &str = "eye";
 }
 
 /// Headers of outbox rows (besides W3C trace context, `eye_telemetry::propagation::FIELDS`).

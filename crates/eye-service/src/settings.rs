@@ -29,6 +29,7 @@ pub struct Settings {
     pub query: QuerySettings,
     pub validator: ValidatorSettings,
     pub writer: WriterSettings,
+    pub relay: RelaySettings,
     pub telemetry: TelemetrySettings,
     pub metrics: MetricsSettings,
     pub tls: TlsSettings,
@@ -55,11 +56,14 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long to wait for a pooled connection before failing the request.
     pub acquire_timeout_ms: u64,
+    /// The `search_path` of every connection, when the tables live in a schema of their own
+    /// (the relay's producer outbox, `relay.schema`); unset: the server's default.
+    pub search_path: Option<String>,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { url: None, max_connections: 8, acquire_timeout_ms: 5_000 }
+        Self { url: None, max_connections: 8, acquire_timeout_ms: 5_000, search_path: None }
     }
 }
 
@@ -237,6 +241,36 @@ pub struct WriterSettings {
     pub consumer: ConsumerSettings,
 }
 
+/// `eye-relay`: ships a producer's outbox (stage `eye` in `schema` of the database at
+/// `database.url`) to The Eye's ingest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RelaySettings {
+    /// Claims: `batch_size` rows (one event each) become one `SendEvents` call.
+    pub consumer: ConsumerSettings,
+    /// The Eye's ingest (gRPC), e.g. `http://eye-ingest:50051`.
+    pub endpoint: String,
+    /// The application's API key (role `ingest`); set with `EYE_API_KEY` or `--key`.
+    pub api_key: Option<SecretString>,
+    /// The schema of the producer's outbox tables (`eye outbox migrate --schema`).
+    pub schema: String,
+    /// How long one batch is retried while ingest is unreachable before its rows are released
+    /// (to be claimed again after `consumer.backoff_base_ms`); keep it below `consumer.lease_ms`.
+    pub retry_budget_ms: u64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            consumer: ConsumerSettings { batch_size: 500, max_attempts: 10, ..Default::default() },
+            endpoint: "http://127.0.0.1:50051".into(),
+            api_key: None,
+            schema: "eye".into(),
+            retry_budget_ms: 10_000,
+        }
+    }
+}
+
 /// Where a service serves its Prometheus metrics (`GET /metrics`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -331,6 +365,7 @@ impl Settings {
         for (field, consumer) in [
             ("validator.consumer", &self.validator.consumer),
             ("writer.consumer", &self.writer.consumer),
+            ("relay.consumer", &self.relay.consumer),
         ] {
             if consumer.concurrency == 0 || consumer.batch_size < 1 || consumer.max_attempts < 1 {
                 return invalid(

@@ -23,6 +23,28 @@ pub async fn flush_events<'a, M: Message + 'a>(
     stage: &str,
     rows: impl IntoIterator<Item = (&'a M, &'a Headers)>,
 ) -> Result<u64, sqlx::Error> {
+    insert(conn, "outbox", stage, rows).await
+}
+
+/// [`flush_events`] into the outbox installed in `schema` of a producer's own database (see
+/// [`install`](crate::install)), inside the producer's transaction `conn` is in.
+pub async fn flush_events_in<'a, M: Message + 'a>(
+    conn: &mut PgConnection,
+    schema: &str,
+    stage: &str,
+    rows: impl IntoIterator<Item = (&'a M, &'a Headers)>,
+) -> Result<u64, sqlx::Error> {
+    crate::install::check_schema(schema)
+        .map_err(|error| sqlx::Error::Configuration(Box::new(error)))?;
+    insert(conn, &format!("{schema}.outbox"), stage, rows).await
+}
+
+async fn insert<'a, M: Message + 'a>(
+    conn: &mut PgConnection,
+    table: &str,
+    stage: &str,
+    rows: impl IntoIterator<Item = (&'a M, &'a Headers)>,
+) -> Result<u64, sqlx::Error> {
     let (bodies, headers): (Vec<Vec<u8>>, Vec<serde_json::Value>) = rows
         .into_iter()
         .map(|(body, headers)| (body.encode_to_vec(), headers_json(headers)))
@@ -32,20 +54,21 @@ pub async fn flush_events<'a, M: Message + 'a>(
     }
     // One round trip: insert and queue the wake-up (Postgres folds repeated identical NOTIFYs of a
     // transaction into one, delivered at commit).
-    let (inserted,): (i64,) = sqlx::query_as(
+    let sql = format!(
         "WITH inserted AS ( \
-             INSERT INTO outbox (stage, body, headers) \
+             INSERT INTO {table} (stage, body, headers) \
              SELECT $1, body, headers FROM UNNEST($2::bytea[], $3::jsonb[]) AS r(body, headers) \
              RETURNING 1 \
          ) \
-         SELECT (SELECT count(*) FROM inserted) FROM pg_notify($4, $1)",
-    )
-    .bind(stage)
-    .bind(&bodies)
-    .bind(&headers)
-    .bind(CHANNEL)
-    .fetch_one(conn)
-    .await?;
+         SELECT (SELECT count(*) FROM inserted) FROM pg_notify($4, $1)"
+    );
+    let (inserted,): (i64,) = sqlx::query_as(&sql)
+        .bind(stage)
+        .bind(&bodies)
+        .bind(&headers)
+        .bind(CHANNEL)
+        .fetch_one(conn)
+        .await?;
     Ok(inserted as u64)
 }
 

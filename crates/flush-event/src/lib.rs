@@ -9,7 +9,10 @@
 //! and duplicates nothing; a consumer whose lease was taken over acks nothing.
 //!
 //! # Layout
-//! - [`enqueue`]: [`flush_event`] / [`flush_events`], inside the caller's transaction.
+//! - [`enqueue`]: [`flush_event`] / [`flush_events`], inside the caller's transaction
+//!   ([`flush_events_in`] for the outbox installed in a schema of a producer's own database).
+//! - [`install`]: [`install()`](install::install) the tables into a schema of any database,
+//!   with the outbox's own [`MIGRATOR`](install::MIGRATOR).
 //! - [`outbox`]: [`Outbox`]: claim, ack (hand-off), retry with backoff and jitter, dead-letter.
 //! - [`worker`]: [`run_worker`], the claim -> handle -> ack loop, with poison isolation.
 //! - [`wake`]: [`Waker`], LISTEN/NOTIFY wake-ups with a polling fallback (never a busy loop).
@@ -18,7 +21,8 @@
 //!   retryable, timeout, the statement's own) that the outbox, health checks and error mappings
 //!   share.
 //!
-//! The tables (`outbox`, `outbox_dead_letters`) are created by the workspace's `migrations/`.
+//! The tables (`outbox`, `outbox_dead_letters`) are created by the workspace's `migrations/` in
+//! The Eye's database, and by [`install()`](install::install) in a producer's (the same file).
 //!
 //! # Semantics in one paragraph
 //! `visible_at` is at once the run-at time, the retry time and the lease expiry. A claim bumps
@@ -30,15 +34,16 @@
 pub mod admin;
 pub mod enqueue;
 pub mod failure;
+pub mod install;
 pub mod outbox;
 pub mod wake;
 pub mod worker;
 
 use std::collections::BTreeMap;
 
-pub use enqueue::{flush_event, flush_events};
+pub use enqueue::{flush_event, flush_events, flush_events_in};
 pub use failure::{DbFailure, is_transient};
-pub use outbox::{Claimed, Outbox, OutboxConfig, RetryOutcome};
+pub use outbox::{Claimed, Outbox, OutboxConfig, RetryOutcome, dead_letter_in_hand_off};
 pub use wake::Waker;
 pub use worker::{BatchReport, Handler, run_worker, run_workers};
 

@@ -292,6 +292,26 @@ impl Outbox {
     }
 }
 
+/// Copies the claimed row `id` into `outbox_dead_letters` with `error`, inside the hand-off
+/// transaction `conn` is in: the hand-off's ack then deletes it from `outbox` as it does the
+/// others, so the row ends dead-lettered exactly when the hand-off commits. For a handler that
+/// learns that one row can never succeed (an event the receiver refused for good).
+pub async fn dead_letter_in_hand_off(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox_dead_letters (id, stage, body, headers, attempts, created_at, last_error) \
+         SELECT id, stage, body, headers, attempts, created_at, $2 FROM outbox WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,9 +32,15 @@ pub enum Command {
     /// Register and list the JSON Schemas of event types.
     #[command(subcommand)]
     Schemas(SchemasCommand),
-    /// List and replay the outbox's dead letters (rows that failed max_attempts times).
+    /// List and replay the outbox's dead letters (rows that failed max_attempts times), of The
+    /// Eye's outbox or (with --database-url and --schema) of a producer's.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// A producer's own outbox: `eye outbox migrate` installs its tables in your database.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+    /// Ship a producer's outbox (stage `eye` in its database) to ingest; runs until SIGTERM.
+    Relay(eye_relay::RelayArgs),
     /// Send one event to an ingest server and print its result.
     Send(SendArgs),
     /// Send a load of generated events through the eye client (batched, retried, optionally
@@ -164,15 +170,42 @@ impl RoleArg {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Install (or upgrade) the outbox tables in a schema of your service's database, so that
+    /// it can enqueue events in its own transactions and `eye relay` can ship them.
+    Migrate {
+        /// Your service's database.
+        #[arg(long, value_name = "URL")]
+        database_url: String,
+        /// The schema for the outbox tables (created if missing), apart from your own tables.
+        #[arg(long, default_value = "eye")]
+        schema: String,
+    },
+}
+
+/// Whose outbox: The Eye's (DATABASE_URL), or a producer's.
+#[derive(Debug, Clone, Args)]
+pub struct OutboxPlace {
+    /// A producer's database instead of DATABASE_URL.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// The schema of that outbox (`eye outbox migrate --schema`); default: the search path.
+    #[arg(long)]
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// Dead letters, newest first: id, stage, attempts, when, and the last error.
     List {
-        /// Only this outbox stage (`validate`, `write`).
+        /// Only this outbox stage (`validate`, `write`; `eye` in a producer's outbox).
         #[arg(long)]
         stage: Option<String>,
         /// Most rows to show.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        #[command(flatten)]
+        place: OutboxPlace,
     },
     /// Move dead letters back into their stage with a fresh attempt count (after fixing what
     /// made them fail). Replaying is safe: the store keeps one row per event.
@@ -186,7 +219,17 @@ pub enum DlqCommand {
         /// Required to replay every dead letter (when no `--id` is given).
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        place: OutboxPlace,
     },
+}
+
+impl DlqCommand {
+    pub fn place(&self) -> &OutboxPlace {
+        match self {
+            Self::List { place, .. } | Self::Replay { place, .. } => place,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -54,8 +54,11 @@ pub async fn resolve(settings: &mut Settings) -> anyhow::Result<Source> {
 /// Connects at once (rather than on first use), so an unreachable database is reported as such.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let url = settings.url()?;
-    let options = PgConnectOptions::from_str(url)
+    let mut options = PgConnectOptions::from_str(url)
         .map_err(|error| anyhow!("DATABASE_URL is not a valid postgres URL: {error}"))?;
+    if let Some(search_path) = &settings.search_path {
+        options = options.options([("search_path", search_path.as_str())]);
+    }
     let place = format!(
         "{}:{} (database {})",
         options.get_host(),

@@ -51,6 +51,8 @@ pub fn adapt_telemetry(command: &Command, telemetry: &mut TelemetrySettings) {
             // Warnings only: the banner (and its key, on the last line) is the last thing a
             // healthy start prints. `RUST_LOG=info eye dev` shows the services' progress.
             Command::Dev(_) => "warn".into(),
+            // A long-running service: its start, and what it refuses.
+            Command::Relay(_) => "info,sqlx=warn".into(),
             _ => "warn".into(),
         };
     }
@@ -87,8 +89,30 @@ async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             commands::schemas::run(&pool, command).await
         }
         Command::Dlq(command) => {
+            let mut settings = settings;
+            let place = command.place();
+            if let Some(url) = &place.database_url {
+                settings.database.url = Some(url.clone().into());
+            }
+            if let Some(schema) = &place.schema {
+                flush_event::install::check_schema(schema)?;
+                settings.database.search_path = Some(schema.clone());
+            }
             let pool = database::admin_pool(&settings).await?;
             commands::dlq::run(&pool, command).await
+        }
+        Command::Outbox(cli::OutboxCommand::Migrate { database_url, schema }) => {
+            let applied = flush_event::install::install(&database_url, &schema).await?;
+            println!(
+                "the outbox is installed in schema `{schema}` ({applied} migration(s) applied now); \
+                 enqueue into {schema}.outbox, stage `eye`, in your transactions, and run \
+                 `eye relay --source URL --schema {schema}`"
+            );
+            Ok(())
+        }
+        Command::Relay(args) => {
+            let shutdown = eye_service::shutdown::on_signal();
+            eye_relay::run(settings, &args, shutdown).await
         }
         Command::Send(args) => commands::send::run(args).await,
         Command::Load(args) => commands::load::run(args).await,

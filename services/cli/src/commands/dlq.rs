@@ -7,7 +7,7 @@ use crate::{cli::DlqCommand, commands::format_time, database, table};
 
 pub async fn run(pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
     match command {
-        DlqCommand::List { stage, limit } => {
+        DlqCommand::List { stage, limit, .. } => {
             let dead =
                 dead_letters::list(pool, stage.as_deref(), limit).await.map_err(database::admin)?;
             if dead.is_empty() {
@@ -32,7 +32,7 @@ pub async fn run(pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        DlqCommand::Replay { stage, ids, all } => {
+        DlqCommand::Replay { stage, ids, all, .. } => {
             let selection =
                 if all && ids.is_empty() { Selection::All } else { Selection::Ids(ids) };
             let replayed = dead_letters::replay(pool, stage.as_deref(), &selection)

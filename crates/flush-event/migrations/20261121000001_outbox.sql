@@ -1,0 +1,1 @@
+../../../migrations/20261121000001_outbox.sql
