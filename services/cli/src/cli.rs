@@ -41,6 +41,10 @@ pub enum Command {
     Outbox(OutboxCommand),
     /// Ship a producer's outbox (stage `eye` in its database) to ingest; runs until SIGTERM.
     Relay(eye_relay::RelayArgs),
+    /// Load the file inbox of services that write one JSON file per event
+    /// (DIR/<type>/<uuid>.json); with --watch, keep loading new files as they appear.
+    #[command(long_about = IMPORT_HELP)]
+    Import(ImportArgs),
     /// Send one event to an ingest server and print its result.
     Send(SendArgs),
     /// Send a load of generated events through the eye client (batched, retried, optionally
@@ -57,6 +61,24 @@ pub enum Command {
     /// Pipeline health: queue depth and lag per stage, events stored and errors in a window.
     Stats(StatsArgs),
 }
+
+const IMPORT_HELP: &str = "\
+Load the file inbox of services that write one JSON file per event: DIR/<type>/<uuid>.json, each
+{\"metadata\": {\"type\", \"event_at\", \"event_id\"}, \"payload\": {...}}.
+
+Mapping: category = metadata.type; name = --name (default `change`); timestamp =
+metadata.event_at (RFC 3339, or without a zone, read at --naive-offset, UTC by default); event
+id = metadata.event_id (it must equal the file name); data = payload; session = a UUIDv5 of
+(type, payload.id) when the payload has an id, so one record's history is one session, else of
+(type, the UTC day of event_at).
+
+Only files named <uuid>.json are touched; others (__id_counter, temporary files, dotfiles) are
+left where they are. A file modified within --settle-ms is left for later (it may still be being
+written). A file is archived (--archive, default DIR/../archive, same layout) or deleted
+(--delete) only once ingest answered ACCEPTED or DUPLICATE; a file that is not a valid event, or
+that ingest REJECTED, goes to --rejected (default DIR/../rejected) with <uuid>.reason beside it.
+A crash at any moment loses nothing and stores nothing twice: a file sent again is answered
+DUPLICATE and archived then.";
 
 const DEV_HELP: &str = "\
 Run the whole pipeline locally, in one process: ingest, validator, writer and query.
@@ -277,6 +299,53 @@ pub struct SendArgs {
     /// other users of the machine).
     #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
     pub key: Option<ApiKey>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The inbox: DIR/<type>/<uuid>.json.
+    pub dir: std::path::PathBuf,
+    /// Keep running and load new files as they appear (file-system notifications, and a rescan
+    /// every --rescan-ms as a fallback) until SIGTERM or Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// Where imported files go, in the inbox's layout [default: DIR/../archive].
+    #[arg(long, conflicts_with = "delete")]
+    pub archive: Option<std::path::PathBuf>,
+    /// Delete imported files instead of archiving them.
+    #[arg(long)]
+    pub delete: bool,
+    /// Where refused files go, each with a .reason file [default: DIR/../rejected].
+    #[arg(long)]
+    pub rejected: Option<std::path::PathBuf>,
+    /// The event name of every imported event (the category is the file's type).
+    #[arg(long, default_value = "change")]
+    pub name: String,
+    /// The UTC offset of timestamps written without a zone, e.g. +02:00.
+    #[arg(long, default_value = "+00:00", value_parser = parse_offset, allow_hyphen_values = true)]
+    pub naive_offset: chrono::FixedOffset,
+    /// Files modified more recently than this are left for later.
+    #[arg(long, default_value_t = 1_000)]
+    pub settle_ms: u64,
+    /// With --watch: the fallback rescan interval.
+    #[arg(long, default_value_t = 2_000)]
+    pub rescan_ms: u64,
+    /// Events per SendEvents call.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub batch: u32,
+    /// Print JSON lines (progress and a summary) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// The ingest server.
+    #[arg(long, env = "EYE_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// API key with the `ingest` role.
+    #[arg(long, env = "EYE_API_KEY", hide_env_values = true)]
+    pub key: Option<ApiKey>,
+}
+
+fn parse_offset(text: &str) -> Result<chrono::FixedOffset, String> {
+    text.parse().map_err(|_| format!("{text:?} is not a UTC offset like +02:00"))
 }
 
 #[derive(Debug, Args)]

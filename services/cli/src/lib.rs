@@ -110,6 +110,7 @@ async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Import(args) => commands::import::run(args).await,
         Command::Relay(args) => {
             let shutdown = eye_service::shutdown::on_signal();
             eye_relay::run(settings, &args, shutdown).await

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod dev;
+mod import;
 mod load;
 mod query;
 mod readme;
