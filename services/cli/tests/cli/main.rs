@@ -272,6 +272,39 @@ async fn apps_key_publishable_issues_a_browser_key_for_its_origins() {
 }
 
 #[tokio::test]
+async fn outbox_migrate_installs_a_producers_outbox_whose_dead_letters_dlq_lists() {
+    let eye_db = TestDb::new().await;
+    let producer = TestDb::new().await;
+    let migrate = ["outbox", "migrate", "--database-url", producer.url.as_str()];
+    let run = eye(&eye_db.url, &migrate).await.success();
+    assert!(run.stdout.contains("schema `eye` (1 migration(s) applied now)"), "{}", run.stdout);
+    let run = eye(&eye_db.url, &migrate).await.success();
+    assert!(run.stdout.contains("(0 migration(s) applied now)"), "{}", run.stdout);
+    let run = eye(
+        &eye_db.url,
+        &["outbox", "migrate", "--database-url", &producer.url, "--schema", "Eye;"],
+    )
+    .await
+    .failure();
+    assert!(run.stderr.contains("plain identifier"), "{}", run.stderr);
+    sqlx::query(
+        "INSERT INTO eye.outbox_dead_letters (id, stage, body, headers, attempts, created_at, last_error) \
+         VALUES (7, 'eye', '\\x00', '{}', 1, now(), 'rejected by ingest: invalid_session_id: x')",
+    )
+    .execute(&producer.pool)
+    .await
+    .unwrap();
+    let run =
+        eye(&eye_db.url, &["dlq", "list", "--database-url", &producer.url, "--schema", "eye"])
+            .await
+            .success();
+    assert!(run.stdout.contains("rejected by ingest: invalid_session_id"), "{}", run.stdout);
+    // The Eye's own outbox has none.
+    let run = eye(&eye_db.url, &["dlq", "list"]).await.success();
+    assert!(run.stdout.contains("no dead letters"), "{}", run.stdout);
+}
+
+#[tokio::test]
 async fn schemas_put_adds_versions_only_for_changes() {
     let db = TestDb::new().await;
     let dir = TempDir::new();
