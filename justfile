@@ -47,5 +47,10 @@ test-js:
     cargo build --bins
     bash clients/js/run-tests.sh
 
+# The console's browser tests and screenshots (headless Chromium against eye dev).
+test-console:
+    cargo build --bins
+    bash services/query/console-tests/run-tests.sh
+
 # What CI checks.
 verify: lint test

@@ -121,6 +121,7 @@ export class EyeDev {
     Object.assign(env, {
       EYE__INGEST__PORT: '0',
       EYE__QUERY__PORT: '0',
+      EYE__QUERY__HTTP_PORT: '0',
       EYE__METRICS__PORT: '0',
       EYE__INGEST__HTTP_PORT: '0',
       EYE__TELEMETRY__LOG_FORMAT: 'json',

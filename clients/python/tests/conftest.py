@@ -72,6 +72,7 @@ class _EyeDev:
             EYE__INGEST__PORT="0",
             EYE__INGEST__HTTP_PORT="0",
             EYE__QUERY__PORT="0",
+            EYE__QUERY__HTTP_PORT="0",
             EYE__METRICS__PORT="0",
             EYE__TELEMETRY__LOG_FORMAT="json",
         )

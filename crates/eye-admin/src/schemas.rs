@@ -159,6 +159,31 @@ pub async fn list<'c>(
     .await?)
 }
 
+/// One version of a type's schema.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct SchemaVersion {
+    pub version: i32,
+    pub schema: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Every version of the schema of `category`/`name`, oldest first (empty: not registered).
+pub async fn versions<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
+    category: &str,
+    name: &str,
+) -> Result<Vec<SchemaVersion>, AdminError> {
+    let mut conn = db.acquire().await?;
+    Ok(sqlx::query_as(
+        "SELECT version, schema, created_at FROM event_schemas \
+         WHERE category = $1 AND name = $2 ORDER BY version",
+    )
+    .bind(category)
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 /// A one-line account of a put.
 pub fn describe(category: &str, name: &str, registration: Registration) -> String {
     match registration {

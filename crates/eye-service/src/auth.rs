@@ -24,19 +24,22 @@ use uuid::Uuid;
 pub enum Role {
     /// Send events (IngestService).
     Ingest,
-    /// Read events, errors and stats (QueryService).
+    /// Read events, errors and stats (QueryService, the console).
     Read,
+    /// Administer through the console: replay quarantined events, issue and revoke keys.
+    Admin,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 2] = [Role::Ingest, Role::Read];
+    pub const ALL: [Role; 3] = [Role::Ingest, Role::Read, Role::Admin];
 
     /// The role's name, as stored in `api_keys.roles`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ingest => "ingest",
             Self::Read => "read",
+            Self::Admin => "admin",
         }
     }
 
@@ -188,6 +191,21 @@ impl Authenticator {
         }
     }
 
+    /// The principal of the live key with id `key_id` (of a live application), looked up now:
+    /// what a console session, which holds the key's id and never the key, re-checks on each
+    /// request, so that revoking the key ends its sessions at once.
+    pub async fn principal_of_key(&self, key_id: Uuid) -> Result<Option<Principal>, AuthError> {
+        sqlx::query_as(
+            "SELECT k.application_id, k.id AS key_id, k.roles, k.publishable, k.origins \
+             FROM api_keys k JOIN applications a ON a.id = k.application_id \
+             WHERE k.id = $1 AND k.revoked_at IS NULL AND a.revoked_at IS NULL",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(AuthError::Unavailable)
+    }
+
     /// The cached answer for `hash`, if fresh: `Some(None)` for a key known to be unknown.
     fn cached(&self, hash: &[u8; 32], now: Instant) -> Option<Option<Principal>> {
         let cache = self.cache.lock().expect("auth cache");
@@ -280,6 +298,6 @@ mod tests {
         for role in Role::ALL {
             assert_eq!(Role::from_name(role.as_str()), Some(role));
         }
-        assert_eq!(Role::from_name("admin"), None);
+        assert_eq!(Role::from_name("root"), None);
     }
 }

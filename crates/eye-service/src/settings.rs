@@ -164,11 +164,26 @@ pub struct QuerySettings {
     pub port: u16,
     /// Longest a single call may take (see `ingest.request_timeout_ms`).
     pub request_timeout_ms: u64,
+    /// The console's HTTP port (`GET /`); 0 picks a free one.
+    pub http_port: u16,
+    /// The key that signs console session cookies (at least 32 bytes). Unset: a random one per
+    /// process, so sessions end when it restarts and are not shared between replicas; set the
+    /// same value on every replica behind one address.
+    pub console_secret: Option<SecretString>,
+    /// How long a console sign-in lasts.
+    pub console_session_minutes: u64,
 }
 
 impl Default for QuerySettings {
     fn default() -> Self {
-        Self { host: "0.0.0.0".into(), port: 50052, request_timeout_ms: 30_000 }
+        Self {
+            host: "0.0.0.0".into(),
+            port: 50052,
+            request_timeout_ms: 30_000,
+            http_port: 8081,
+            console_secret: None,
+            console_session_minutes: 480,
+        }
     }
 }
 

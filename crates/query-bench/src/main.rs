@@ -197,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
     settings.database.url = Some(url.clone().into());
     settings.query.host = "127.0.0.1".into();
     settings.query.port = 0;
+    settings.query.http_port = 0;
     let app = eye_query::Application::build(settings).await?;
     let endpoint = format!("http://127.0.0.1:{}", app.port());
     let shutdown = CancellationToken::new();

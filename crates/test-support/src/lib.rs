@@ -93,6 +93,7 @@ impl TestDb {
         settings.ingest.http_port = 0;
         settings.query.host = "127.0.0.1".into();
         settings.query.port = 0;
+        settings.query.http_port = 0;
         settings.metrics.host = "127.0.0.1".into();
         settings.metrics.port = 0;
         settings

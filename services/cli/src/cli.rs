@@ -88,8 +88,9 @@ What it starts and where:
     reused if already running). It KEEPS RUNNING after `eye dev` exits, so the next start is
     instant and `eye apps`/`eye schemas` in another terminal find it; stop it with `eye dev stop`.
   - ingest gRPC on 127.0.0.1:50051 (EYE__INGEST__PORT), HTTP ingest on 127.0.0.1:8080
-    (EYE__INGEST__HTTP_PORT), query gRPC on 127.0.0.1:50052 (EYE__QUERY__PORT), /metrics on
-    127.0.0.1:9000 (EYE__METRICS__PORT); 0 picks a free port.
+    (EYE__INGEST__HTTP_PORT), query gRPC on 127.0.0.1:50052 (EYE__QUERY__PORT), the console on
+    http://127.0.0.1:8081/ (EYE__QUERY__HTTP_PORT), /metrics on 127.0.0.1:9000
+    (EYE__METRICS__PORT); 0 picks a free port.
     Only loopback unless --host says otherwise.
   - the application `dev` with a key holding ingest and read; the key is kept in ./.eye/dev.env
     (mode 600) and reused by the next `eye dev` while it is valid.
@@ -178,8 +179,10 @@ impl RoleArgs {
 pub enum RoleArg {
     /// Send events (IngestService).
     Ingest,
-    /// Read events, errors and stats (QueryService).
+    /// Read events, errors and stats (QueryService, the console).
     Read,
+    /// Replay errors and manage keys in the console (give it with `read`).
+    Admin,
 }
 
 impl RoleArg {
@@ -187,6 +190,7 @@ impl RoleArg {
         match self {
             Self::Ingest => Role::Ingest,
             Self::Read => Role::Read,
+            Self::Admin => Role::Admin,
         }
     }
 }

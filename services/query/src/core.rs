@@ -150,7 +150,13 @@ impl Query {
         Ok((events, next_page_token))
     }
 
-    async fn event_filter(&self, filter: pb::EventFilter) -> Result<EventFilter, QueryError> {
+    /// The pool, for the console's own reads (the live tail, its charts) beside the RPCs'.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Checks an event filter as `ListEvents` does (the console's tail takes the same filters).
+    pub async fn event_filter(&self, filter: pb::EventFilter) -> Result<EventFilter, QueryError> {
         let (from, to) = time_range(filter.from.as_ref(), filter.to.as_ref())?;
         Ok(EventFilter {
             session_id: uuid("filter.session_id", &filter.session_id)?,

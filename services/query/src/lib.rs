@@ -6,6 +6,8 @@
 //! - [`core`]: the transport-free core, one method per RPC: check the request ([`request`]),
 //!   run the SQL ([`queries`]), build the answer ([`response`]).
 //! - [`grpc`]: the gRPC adapter: authenticate, call the core.
+//! - [`console`]: the web console on the HTTP port (8081): HTML pages and the live tail over
+//!   the same core, and `eye_admin` for its admin actions.
 //! - [`request`]: request checking (page sizes, filters, time ranges, containment); every
 //!   refusal names its field.
 //! - [`response`]: rows to messages, pages cut by count and encoded size, stats.
@@ -18,6 +20,7 @@
 //! The service only reads, except `ReplayErrors`, which writes `event_errors` and the outbox
 //! stage `validate` the way ingest does, so replayed events take the same path as new ones.
 
+pub mod console;
 pub mod core;
 pub mod error;
 pub mod grpc;
@@ -30,10 +33,14 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use eye_proto::v1::query_service_server::QueryServiceServer;
 use eye_service::{
-    Settings, auth::Authenticator, grpc as grpc_server, http::MetricsEndpoint,
+    Settings,
+    auth::Authenticator,
+    grpc as grpc_server,
+    http::{HttpListener, MetricsEndpoint},
     settings::DatabaseSettings,
 };
 use eye_telemetry::metrics::Metrics;
+use secrecy::ExposeSecret;
 use sqlx::{
     PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
@@ -52,6 +59,8 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    http: HttpListener,
+    console: console::Console,
     server: tonic::transport::Server,
     service: grpc::GrpcQuery,
     pool: PgPool,
@@ -77,15 +86,28 @@ impl Application {
         let listener = grpc_server::bind(&settings.query.host, settings.query.port).await?;
         // The same cache bound as ingest's: one bound on how long a revoked key works.
         let auth = Authenticator::new(pool.clone(), settings.auth_cache_ttl());
-        let service = grpc::GrpcQuery::new(Arc::new(core::Query::new(pool.clone())), auth);
+        let http = HttpListener::bind(&settings.query.host, settings.query.http_port).await?;
+        let query = Arc::new(core::Query::new(pool.clone()));
+        let console = console::Console::new(
+            query.clone(),
+            auth.clone(),
+            settings.query.console_secret.as_ref().map(|secret| secret.expose_secret()),
+            Duration::from_secs(settings.query.console_session_minutes * 60),
+        );
+        let service = grpc::GrpcQuery::new(query, auth);
         let timeout = Duration::from_millis(settings.query.request_timeout_ms);
         let server = grpc_server::server(&settings.tls, timeout)?;
-        Ok(Self { listener, server, service, pool, metrics })
+        Ok(Self { listener, http, console, server, service, pool, metrics })
     }
 
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
         grpc_server::local_addr(&self.listener).port()
+    }
+
+    /// The bound port of the console (HTTP).
+    pub fn http_port(&self) -> u16 {
+        self.http.port()
     }
 
     /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
@@ -96,8 +118,13 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
     /// finish, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, mut server, service, pool, metrics } = self;
+        let Self { listener, http, console, mut server, service, pool, metrics } = self;
         let metrics_server = metrics.spawn();
+        let console_server = tokio::spawn(http.serve(
+            console.router(),
+            shutdown.clone(),
+            eye_service::http::GRACE_PERIOD,
+        ));
         let health =
             grpc_server::health("eye.v1.QueryService", pool, Default::default(), shutdown.clone())
                 .await;
@@ -116,6 +143,11 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
         let served = grpc_server::drain_within(server, &shutdown, GRACE_PERIOD).await;
+        match console_server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "console failed"),
+            Err(error) => tracing::warn!(%error, "console task failed"),
+        }
         tracing::info!("eye-query drained");
         if let Some(server) = metrics_server {
             server.stop().await;

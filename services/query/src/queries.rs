@@ -99,6 +99,87 @@ pub async fn list_events(
                 occurred_at, received_at, stored_at, schema_version \
          FROM events WHERE true",
     );
+    push_filter(&mut query, filter);
+    if let Some((occurred_at, event_id)) = after {
+        query.push(" AND occurred_at >= ").push_bind(occurred_at);
+        query.push(" AND (occurred_at, event_id) > (").push_bind(occurred_at);
+        query.push(", ").push_bind(event_id).push(")");
+    }
+    query.push(" ORDER BY occurred_at, event_id LIMIT ").push_bind(limit);
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// Up to `limit` events matching `filter` stored at or after `since`, in storage order: the
+/// console's live tail. (Writers' transactions commit out of `stored_at` order, so the tail
+/// reads back over a margin and drops what it has shown.)
+pub async fn tail(
+    pool: &PgPool,
+    filter: &EventFilter,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<EventRow>, QueryError> {
+    let mut query = QueryBuilder::new(
+        "SELECT application_id, event_id, session_id, category, name, data::text AS data, \
+                occurred_at, received_at, stored_at, schema_version \
+         FROM events WHERE true",
+    );
+    push_filter(&mut query, filter);
+    query.push(" AND stored_at >= ").push_bind(since);
+    query.push(" ORDER BY stored_at, event_id LIMIT ").push_bind(limit);
+    Ok(query.build_query_as().fetch_all(pool).await?)
+}
+
+/// Events stored per minute since `since` (minutes without events left out).
+pub async fn stored_per_minute(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, i64)>, QueryError> {
+    Ok(sqlx::query_as(
+        "SELECT date_trunc('minute', stored_at) AS minute, count(*) FROM events \
+         WHERE stored_at >= $1 GROUP BY 1 ORDER BY 1",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What is stored and quarantined of one event type.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TypeStats {
+    pub category: String,
+    pub name: String,
+    pub stored: i64,
+    pub first_seen: Option<DateTime<Utc>>,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub errors: i64,
+}
+
+/// Per event type (stored or quarantined): counts and first and last storage. A scan of the
+/// store: for the console's schema page, not for hot paths.
+pub async fn type_stats(pool: &PgPool) -> Result<Vec<TypeStats>, QueryError> {
+    Ok(sqlx::query_as(
+        "WITH stored AS (SELECT category, name, count(*) AS stored, min(stored_at) AS first_seen, \
+                                max(stored_at) AS last_seen FROM events GROUP BY 1, 2), \
+              errors AS (SELECT category, name, count(*) AS errors FROM event_errors GROUP BY 1, 2) \
+         SELECT category, name, coalesce(s.stored, 0) AS stored, s.first_seen, s.last_seen, \
+                coalesce(e.errors, 0) AS errors \
+         FROM stored s FULL JOIN errors e USING (category, name) ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Quarantined events per type, most first.
+pub async fn error_types(pool: &PgPool) -> Result<Vec<(String, String, i64)>, QueryError> {
+    Ok(sqlx::query_as(
+        "SELECT category, name, count(*) FROM event_errors GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The predicates of `filter`.
+fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &EventFilter) {
     if let Some(session_id) = filter.session_id {
         query.push(" AND session_id = ").push_bind(session_id);
     }
@@ -120,13 +201,6 @@ pub async fn list_events(
     if let Some(json) = &filter.data_contains {
         query.push(" AND data @> ").push_bind(json.clone()).push("::jsonb");
     }
-    if let Some((occurred_at, event_id)) = after {
-        query.push(" AND occurred_at >= ").push_bind(occurred_at);
-        query.push(" AND (occurred_at, event_id) > (").push_bind(occurred_at);
-        query.push(", ").push_bind(event_id).push(")");
-    }
-    query.push(" ORDER BY occurred_at, event_id LIMIT ").push_bind(limit);
-    Ok(query.build_query_as().fetch_all(pool).await?)
 }
 
 /// The id of the application called `name`.

@@ -246,7 +246,13 @@ async fn serve(dir: &Path, host: &str, mut settings: Settings) -> anyhow::Result
         })?;
     let query = eye_query::Application::build_with_metrics(settings.clone(), metrics.clone())
         .await
-        .with_context(|| busy("queries", host, settings.query.port, "EYE__QUERY__PORT"))?;
+        .with_context(|| {
+            format!(
+                "{} (or :{} for the console, EYE__QUERY__HTTP_PORT)",
+                busy("queries", host, settings.query.port, "EYE__QUERY__PORT"),
+                settings.query.http_port
+            )
+        })?;
     let metrics_server = HttpListener::bind(&settings.metrics.host, settings.metrics.port)
         .await
         .with_context(|| busy("metrics", host, settings.metrics.port, "EYE__METRICS__PORT"))?;
@@ -264,6 +270,7 @@ async fn serve(dir: &Path, host: &str, mut settings: Settings) -> anyhow::Result
         Source::DevServer { url } => url.clone(),
         Source::Configured => settings.database.url()?.to_owned(),
     };
+    let console = format!("{}/", shown(query.http_port()));
     let previous = DevEnv::read(dir)?;
     let (api_key, reused) = dev_key(&pool, previous.as_ref()).await?;
     pool.close().await;
@@ -291,7 +298,7 @@ async fn serve(dir: &Path, host: &str, mut settings: Settings) -> anyhow::Result
         Ok(metrics_server.serve(routes, stop_metrics, http::GRACE_PERIOD).await?)
     }));
 
-    println!("{}", banner(&env, &source, &registered, &shown(metrics_port), reused));
+    println!("{}", banner(&env, &source, &registered, &shown(metrics_port), &console, reused));
     let first_error = supervise(&mut services, &shutdown).await;
     match first_error {
         Some(error) => Err(error),
@@ -334,6 +341,7 @@ fn banner(
     source: &Source,
     registered: &[(&str, &str, schemas::Registration)],
     metrics: &str,
+    console: &str,
     reused: bool,
 ) -> String {
     let mut banner = String::from(
@@ -351,7 +359,8 @@ fn banner(
     };
     banner.push_str(&format!(
         "  ingest endpoint: {}\n  http endpoint:   {} (POST /v1/events, /openapi.json, /v1/eye.js)\n  \
-         query endpoint:  {}\n  metrics:         {metrics}/metrics\n  database:        {database}\n",
+         query endpoint:  {}\n  console:         {console}  (sign in with the key below)\n  \
+         metrics:         {metrics}/metrics\n  database:        {database}\n",
         env.endpoint, env.http_endpoint, env.query_endpoint,
     ));
     banner.push_str("\nIn another terminal, in this directory:\n");

@@ -18,6 +18,7 @@ async fn eye_in(home: &Path, args: &[&str]) -> super::Run {
         .env("EYE__INGEST__PORT", "0")
         .env("EYE__INGEST__HTTP_PORT", "0")
         .env("EYE__QUERY__PORT", "0")
+        .env("EYE__QUERY__HTTP_PORT", "0")
         .env("EYE__METRICS__PORT", "0")
         .output()
         .await

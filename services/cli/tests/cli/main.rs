@@ -78,6 +78,7 @@ async fn start_dev(home: &Path, env: &[(&str, &str)]) -> (tokio::process::Child,
         .env("EYE__INGEST__PORT", "0")
         .env("EYE__INGEST__HTTP_PORT", "0")
         .env("EYE__QUERY__PORT", "0")
+        .env("EYE__QUERY__HTTP_PORT", "0")
         .env("EYE__METRICS__PORT", "0")
         .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())

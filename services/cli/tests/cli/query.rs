@@ -378,6 +378,7 @@ async fn eye_dev_serves_queries_too() {
             ("EYE__INGEST__HTTP_PORT", "0"),
             ("EYE__QUERY__HOST", "127.0.0.1"),
             ("EYE__QUERY__PORT", "0"),
+            ("EYE__QUERY__HTTP_PORT", "0"),
             ("EYE__METRICS__HOST", "127.0.0.1"),
             ("EYE__METRICS__PORT", "0"),
             ("RUST_LOG", "warn"),

@@ -1,0 +1,249 @@
+// What the console tests run against, on top of the browser tracker's harness
+// (clients/js/test/harness.mjs, imported, not copied): a real `eye dev` whose banner also gives the
+// console's address, the gRPC ingest endpoint and the dev key, so that events can be sent with
+// `eye send`; helpers to sign in to the console in headless Chromium and to post forms from a page.
+//
+// ConsoleDev extends the harness's EyeDev: it starts eye dev itself (the harness keeps the banner
+// to itself) but sets the same fields, so EyeDev's stop(), eye(), sql(), count(), waitStored()
+// and rows() work unchanged.
+
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { promisify } from 'node:util';
+
+import { EyeDev, eyeBin, launchChromium, psql, waitUntil, REPO_ROOT } from '../../../../clients/js/test/harness.mjs';
+
+export { launchChromium, psql, waitUntil, REPO_ROOT };
+
+const run = promisify(execFile);
+
+const KEY_LINE = /^eye_[0-9a-f]{64}$/;
+const STARTUP_TIMEOUT_MS = 120_000;
+
+/** Where the screenshots and the latency report go. */
+export const DOCS_DIR = path.join(REPO_ROOT, 'docs', 'console');
+
+export class ConsoleDev extends EyeDev {
+  static async start(env = {}) {
+    const dev = new ConsoleDev();
+    try {
+      await dev.#boot(env);
+    } catch (error) {
+      await dev.stop().catch(() => {});
+      throw error;
+    }
+    return dev;
+  }
+
+  async #boot(extra) {
+    const bin = eyeBin();
+    this.bin = bin;
+    this.workdir = fs.mkdtempSync(path.join(os.tmpdir(), 'eye-console-'));
+    // PostgreSQL runs as `postgres` when we are root: let it into the directory.
+    fs.chmodSync(this.workdir, 0o755);
+    const env = { ...process.env };
+    for (const name of ['DATABASE_URL', 'EYE_ENDPOINT', 'EYE_API_KEY', 'EYE_HTTP_ENDPOINT', 'EYE_QUERY_ENDPOINT']) {
+      delete env[name];
+    }
+    Object.assign(env, {
+      EYE__INGEST__PORT: '0',
+      EYE__INGEST__HTTP_PORT: '0',
+      EYE__QUERY__PORT: '0',
+      EYE__QUERY__HTTP_PORT: '0',
+      EYE__METRICS__PORT: '0',
+      EYE__TELEMETRY__LOG_FORMAT: 'json',
+      ...extra,
+    });
+    this.stderrPath = path.join(this.workdir, 'eye-dev.stderr');
+    const stderr = fs.openSync(this.stderrPath, 'w');
+    this.process = spawn(bin, ['dev'], {
+      cwd: this.workdir,
+      env,
+      stdio: ['ignore', 'pipe', stderr],
+      detached: true,
+    });
+    fs.closeSync(stderr);
+    this.exited = new Promise((resolve) => this.process.on('exit', (code, signal) => resolve({ code, signal })));
+    const banner = [];
+    const lines = readline.createInterface({ input: this.process.stdout });
+    const keyLine = new Promise((resolve) => {
+      lines.on('line', (line) => {
+        if (banner.length < 10_000) banner.push(line);
+        if (KEY_LINE.test(line)) resolve(line);
+      });
+      lines.on('close', () => resolve(null));
+    });
+    const timeout = new Promise((resolve) => setTimeout(resolve, STARTUP_TIMEOUT_MS, null).unref());
+    const key = await Promise.race([keyLine, timeout]);
+    if (!key) {
+      throw new Error(
+        `eye dev printed no API key within ${STARTUP_TIMEOUT_MS / 1000} s; stdout:\n${banner.join('\n')}\nstderr:\n${this.stderrTail()}`
+      );
+    }
+    this.banner = banner;
+    const field = (label) => {
+      for (const line of banner) {
+        const match = line.match(new RegExp(`^\\s+${label}:\\s+(\\S+)`));
+        if (match) return match[1];
+      }
+      throw new Error(`no \`${label}:\` line in the eye dev banner:\n${banner.join('\n')}`);
+    };
+    const exported = (name) => {
+      for (const line of banner) {
+        const match = line.match(new RegExp(`^export ${name}='(.*)'$`));
+        if (match) return match[1].replaceAll("'\\''", "'");
+      }
+      throw new Error(`no \`export ${name}=\` line in the eye dev banner:\n${banner.join('\n')}`);
+    };
+    // The database first: stop() needs to know where its data lives whatever fails next.
+    this.databaseUrl = exported('DATABASE_URL');
+    this.dataDir = await psql(this.databaseUrl, 'SHOW data_directory');
+    this.devKey = key;
+    this.ingestEndpoint = field('ingest endpoint');
+    this.endpoint = field('http endpoint').replace(/\/+$/, '');
+    // The console's base URL, always with one trailing slash: `${dev.console}login`.
+    this.console = field('console').replace(/\/*$/, '/');
+    this.consoleOrigin = new URL(this.console).origin;
+    await waitUntil(
+      async () => {
+        try {
+          return (await fetch(this.url('/login'))).status === 200;
+        } catch {
+          return false;
+        }
+      },
+      { timeout: 60_000, what: `GET ${this.url('/login')} to answer 200` }
+    );
+  }
+
+  /** The console's URL of `pathAndQuery` (which starts with `/`). */
+  url(pathAndQuery) {
+    return new URL(pathAndQuery.replace(/^\//, ''), this.console).toString();
+  }
+
+  /** Creates application `name` with `roles`; returns its first key (the last stdout line). */
+  async createApp(name, roles) {
+    const out = await this.eye(['apps', 'create', name, ...roles.flatMap((role) => ['--role', role])]);
+    const key = out.trim().split('\n').pop().trim();
+    if (!KEY_LINE.test(key)) throw new Error(`eye apps create ${name}: no key on the last line of:\n${out}`);
+    return key;
+  }
+
+  /**
+   * One event over gRPC with `eye send` and the dev key; returns {eventId, sessionId}. `data` is an
+   * object or a JSON string; `session` a UUID; `timestamp` a Date or an RFC 3339 string.
+   */
+  async send(category, name, data, { session, timestamp, key } = {}) {
+    const args = ['send', '--category', category, '--name', name, '--data', typeof data === 'string' ? data : JSON.stringify(data)];
+    if (session) args.push('--session', session);
+    if (timestamp) args.push('--timestamp', timestamp instanceof Date ? timestamp.toISOString() : timestamp);
+    let stdout;
+    try {
+      ({ stdout } = await run(this.bin, args, {
+        cwd: this.workdir,
+        env: { ...process.env, EYE_ENDPOINT: this.ingestEndpoint, EYE_API_KEY: key || this.devKey },
+        timeout: 60_000,
+      }));
+    } catch (error) {
+      throw new Error(`eye ${args.join(' ')} failed: ${error.message}\n${error.stdout || ''}${error.stderr || ''}`);
+    }
+    const match = stdout.match(/ACCEPTED event ([0-9a-f-]{36}) \(session ([0-9a-f-]{36})\)/);
+    if (!match) throw new Error(`eye send printed no ACCEPTED line: ${stdout}`);
+    return { eventId: match[1], sessionId: match[2] };
+  }
+
+  /** A number from the database (the first column of the first row). */
+  async number(query) {
+    return Number(await this.sql(query));
+  }
+}
+
+/** Quotes a string for SQL. */
+export const q = (text) => `'${String(text).replaceAll("'", "''")}'`;
+
+const SIGN_IN = 'form#login button:not([type=button]):not([type=reset]), form#login input[type=submit]';
+
+/**
+ * A new browser context signed in to the console with `key`: {context, page}. Fails if the sign-in
+ * does not land on the overview.
+ */
+export async function signIn(browser, dev, key, { viewport = { width: 1280, height: 800 } } = {}) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  try {
+    await page.goto(dev.url('/login'));
+    await page.fill('form#login input[name=key]', key);
+    const [answer] = await Promise.all([
+      page.waitForResponse((r) => new URL(r.url()).pathname === '/login' && r.request().method() === 'POST', { timeout: 15_000 }),
+      page.waitForURL((url) => url.pathname === '/', { timeout: 15_000 }),
+      page.click(SIGN_IN),
+    ]);
+    if (answer.status() !== 303) throw new Error(`POST /login answered ${answer.status()}, not 303`);
+  } catch (error) {
+    await context.close();
+    throw error;
+  }
+  return { context, page };
+}
+
+/** The value of the first hidden `_csrf` input on the page (every POST form carries one). */
+export async function csrfToken(page) {
+  const token = await page.getAttribute('input[type=hidden][name=_csrf]', 'value');
+  if (!token) throw new Error(`no hidden _csrf input on ${page.url()}`);
+  return token;
+}
+
+/**
+ * POSTs `fields` (urlencoded) to `url` from inside the page, with its cookie (same origin), not
+ * following redirects. {status, redirected, text}: a redirect answers status 0, redirected true.
+ */
+export function postFromPage(page, url, fields) {
+  return page.evaluate(
+    async ({ url, fields }) => {
+      const response = await fetch(url, {
+        method: 'POST',
+        body: new URLSearchParams(fields),
+        redirect: 'manual',
+        credentials: 'same-origin',
+      });
+      const redirected = response.type === 'opaqueredirect';
+      return { status: response.status, redirected, text: redirected ? '' : await response.text() };
+    },
+    { url, fields }
+  );
+}
+
+/** The trimmed text of `selector` (the first match), or null when there is none. */
+export async function text(page, selector) {
+  const locator = page.locator(selector).first();
+  if ((await locator.count()) === 0) return null;
+  return (await locator.innerText()).trim();
+}
+
+/** The integer a counter element shows: its whole text must be a plain integer. */
+export async function integer(page, selector) {
+  const shown = await text(page, selector);
+  if (shown === null) throw new Error(`no ${selector} on ${page.url()}`);
+  const plain = shown;
+  if (!/^\d+$/.test(plain)) throw new Error(`${selector} on ${page.url()} shows ${JSON.stringify(shown)}, not an integer`);
+  return Number(plain);
+}
+
+/** The nearest-rank percentile `p` (0..1) of `values`. */
+export function percentile(values, p) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.max(0, Math.ceil(p * sorted.length) - 1)];
+}
+
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Writes a viewport screenshot of `page` to docs/console/<name>.png. */
+export async function screenshot(page, name) {
+  fs.mkdirSync(DOCS_DIR, { recursive: true });
+  const file = path.join(DOCS_DIR, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: false });
+  return file;
+}
