@@ -100,7 +100,7 @@ async function pgCtlStop(dataDir) {
 export class EyeDev {
   /** `env`: more settings for eye dev, e.g. {EYE__INGEST__PUBLISHABLE_BURST: '50'}. */
   static async start(env = {}) {
-    const dev = new EyeDev();
+    const dev = new this(); // a subclass starts as itself (see ready())
     try {
       await dev.#start(env);
     } catch (error) {
@@ -117,7 +117,9 @@ export class EyeDev {
     // PostgreSQL runs as `postgres` when we are root: let it into the directory.
     fs.chmodSync(this.workdir, 0o755);
     const env = { ...process.env };
-    delete env.DATABASE_URL;
+    for (const name of ['DATABASE_URL', 'EYE_ENDPOINT', 'EYE_API_KEY', 'EYE_HTTP_ENDPOINT', 'EYE_QUERY_ENDPOINT']) {
+      delete env[name];
+    }
     Object.assign(env, {
       EYE__INGEST__PORT: '0',
       EYE__QUERY__PORT: '0',
@@ -153,24 +155,37 @@ export class EyeDev {
         `eye dev printed no API key within ${STARTUP_TIMEOUT_MS / 1000} s; stdout:\n${banner.join('\n')}\nstderr:\n${this.stderrTail()}`
       );
     }
-    const field = (label) => {
-      for (const line of banner) {
-        const match = line.match(new RegExp(`^\\s+${label}:\\s+(\\S+)`));
-        if (match) return match[1];
-      }
-      throw new Error(`no \`${label}:\` line in the eye dev banner:\n${banner.join('\n')}`);
-    };
-    const exported = (name) => {
-      for (const line of banner) {
-        const match = line.match(new RegExp(`^export ${name}='(.*)'$`));
-        if (match) return match[1].replaceAll("'\\''", "'");
-      }
-      throw new Error(`no \`export ${name}=\` line in the eye dev banner:\n${banner.join('\n')}`);
-    };
-    this.endpoint = field('http endpoint').replace(/\/+$/, '');
-    this.databaseUrl = exported('DATABASE_URL');
+    this.banner = banner;
+    this.devKey = key;
+    // The database first: stop() needs to know where its data lives whatever fails next.
+    this.databaseUrl = this.exported('DATABASE_URL');
     // Ask the server where its data lives rather than guess (it may use a fallback dir).
     this.dataDir = await psql(this.databaseUrl, 'SHOW data_directory');
+    this.ingestEndpoint = this.field('ingest endpoint');
+    this.endpoint = this.field('http endpoint').replace(/\/+$/, '');
+    await this.ready();
+  }
+
+  /** The value of the banner's `  label:  value` line. */
+  field(label) {
+    for (const line of this.banner) {
+      const match = line.match(new RegExp(`^\\s+${label}:\\s+(\\S+)`));
+      if (match) return match[1];
+    }
+    throw new Error(`no \`${label}:\` line in the eye dev banner:\n${this.banner.join('\n')}`);
+  }
+
+  /** The value of the banner's `export NAME='value'` line. */
+  exported(name) {
+    for (const line of this.banner) {
+      const match = line.match(new RegExp(`^export ${name}='(.*)'$`));
+      if (match) return match[1].replaceAll("'\\''", "'");
+    }
+    throw new Error(`no \`export ${name}=\` line in the eye dev banner:\n${this.banner.join('\n')}`);
+  }
+
+  /** Waits until what the tests use answers: HTTP ingest's /healthz (subclasses add theirs). */
+  async ready() {
     await waitUntil(
       async () => {
         try {

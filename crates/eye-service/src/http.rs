@@ -57,6 +57,14 @@ impl HttpListener {
         }
     }
 
+    /// Serves `router` in the background until `shutdown` (or [`RunningServer::stop`], or drop,
+    /// which stop only this server): a service's second listener, stopped with its first.
+    pub fn spawn_until(self, router: Router, shutdown: &CancellationToken) -> RunningServer {
+        let stop = shutdown.child_token();
+        let task = tokio::spawn(self.serve(router, stop.clone(), GRACE_PERIOD));
+        RunningServer { stop, task }
+    }
+
     /// Serves `router` in the background until [`RunningServer::stop`] (or drop).
     pub fn spawn(self, router: Router) -> RunningServer {
         let stop = CancellationToken::new();

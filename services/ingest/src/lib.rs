@@ -141,8 +141,7 @@ impl Application {
             &settings.ingest,
         )
         .router();
-        let http_server =
-            tokio::spawn(http.serve(routes, shutdown.clone(), eye_service::http::GRACE_PERIOD));
+        let http_server = http.spawn_until(routes, &shutdown);
         // Serves until the end of the drain, so the drain itself can be watched.
         let metrics_server = metrics.spawn();
         tokio::spawn(backpressure.watch_backlog(
@@ -175,11 +174,7 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
         let served = grpc_server::drain_within(server, &shutdown, GRACE_PERIOD).await;
-        match http_server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "http ingest failed"),
-            Err(error) => tracing::warn!(%error, "http ingest task failed"),
-        }
+        http_server.stop().await;
         // The server has drained; now let the committer finish what it holds.
         match tokio::time::timeout(GRACE_PERIOD, committer.close()).await {
             Ok(()) => tracing::info!("ingest drained"),

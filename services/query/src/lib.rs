@@ -120,11 +120,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self { listener, http, console, mut server, service, pool, metrics } = self;
         let metrics_server = metrics.spawn();
-        let console_server = tokio::spawn(http.serve(
-            console.router(),
-            shutdown.clone(),
-            eye_service::http::GRACE_PERIOD,
-        ));
+        let console_server = http.spawn_until(console.router(), &shutdown);
         let health =
             grpc_server::health("eye.v1.QueryService", pool, Default::default(), shutdown.clone())
                 .await;
@@ -143,11 +139,7 @@ impl Application {
                 shutdown.clone().cancelled_owned(),
             );
         let served = grpc_server::drain_within(server, &shutdown, GRACE_PERIOD).await;
-        match console_server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "console failed"),
-            Err(error) => tracing::warn!(%error, "console task failed"),
-        }
+        console_server.stop().await;
         tracing::info!("eye-query drained");
         if let Some(server) = metrics_server {
             server.stop().await;

@@ -233,6 +233,11 @@ pub async fn run(args: ImportArgs) -> anyhow::Result<()> {
     let places = Places::of(&args);
     let shutdown = eye_service::shutdown::on_signal();
     let mut report = Report::new(args.json);
+    if args.json {
+        // From here on SIGTERM is a clean stop: supervisors (and tests) may wait for this line.
+        let started = serde_json::json!({"kind": "started", "dir": args.dir, "watch": args.watch});
+        println!("{started}");
+    }
 
     // Wake-ups from the file system; the rescan timer is the fallback.
     let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);

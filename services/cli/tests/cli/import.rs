@@ -21,6 +21,34 @@ use super::{TempDir, start_dev};
 const GOOD: usize = 600;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A running `eye import --watch --json` and the lines of its stdout.
+struct Importer {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Importer {
+    fn start(home: &Path, env: &BTreeMap<String, String>) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = spawn_import(home, env);
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Its next line of JSON.
+    async fn next(&mut self) -> serde_json::Value {
+        let line = tokio::time::timeout(TIMEOUT, self.lines.recv()).await.expect("a line in time");
+        serde_json::from_str(&line.expect("the importer is running")).unwrap()
+    }
+}
+
 fn spawn_import(home: &Path, env: &BTreeMap<String, String>) -> Child {
     Command::new(env!("CARGO_BIN_EXE_eye"))
         .args(["import", "data/events/inbox", "--watch", "--json", "--settle-ms", "300"])
@@ -158,14 +186,14 @@ async fn the_inbox_is_imported_once_while_the_importer_is_killed_and_restarted()
     let seed = rand::random::<u64>();
     eprintln!("seed {seed}");
     let generating = tokio::spawn(generate(inbox.clone(), seed));
-    let mut importer = spawn_import(&home.0, &env);
+    let mut importer = Importer::start(&home.0, &env);
     let mut rng = StdRng::seed_from_u64(seed);
     let mut kills = 0;
     while !generating.is_finished() || kills < 2 {
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..900))).await; // chaos timing
-        kill(&importer, "-KILL");
-        importer.wait().await.unwrap();
-        importer = spawn_import(&home.0, &env);
+        kill(&importer.child, "-KILL");
+        importer.child.wait().await.unwrap();
+        importer = Importer::start(&home.0, &env);
         kills += 1;
     }
     let (good, cards, bad, counter) = generating.await.unwrap();
@@ -185,13 +213,15 @@ async fn the_inbox_is_imported_once_while_the_importer_is_killed_and_restarted()
         (archived == expected && refused == 2 * bad.len()).then_some(())
     })
     .await;
-    kill(&importer, "-TERM");
-    let output = importer.wait_with_output().await.unwrap();
-    assert!(output.status.success(), "SIGTERM is a clean exit");
-    let last = String::from_utf8(output.stdout).unwrap();
-    let summary: serde_json::Value =
-        serde_json::from_str(last.lines().last().expect("a summary line")).unwrap();
-    assert_eq!(summary["kind"], "summary", "{last}");
+    // Once it says it has started, SIGTERM is a clean stop with a summary.
+    assert_eq!(importer.next().await["kind"], "started");
+    kill(&importer.child, "-TERM");
+    assert!(importer.child.wait().await.unwrap().success(), "SIGTERM is a clean exit");
+    let mut last = serde_json::Value::Null;
+    while let Some(line) = tokio::time::timeout(TIMEOUT, importer.lines.recv()).await.unwrap() {
+        last = serde_json::from_str(&line).unwrap();
+    }
+    assert_eq!(last["kind"], "summary", "{last}");
 
     // Stored once each; the bad ones not at all (one was refused by ingest, the rest never sent).
     eye_test_support::wait_for(&pool, TIMEOUT, "the good events stored", || async {

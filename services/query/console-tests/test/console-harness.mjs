@@ -3,109 +3,31 @@
 // console's address, the gRPC ingest endpoint and the dev key, so that events can be sent with
 // `eye send`; helpers to sign in to the console in headless Chromium and to post forms from a page.
 //
-// ConsoleDev extends the harness's EyeDev: it starts eye dev itself (the harness keeps the banner
-// to itself) but sets the same fields, so EyeDev's stop(), eye(), sql(), count(), waitStored()
-// and rows() work unchanged.
+// ConsoleDev extends the harness's EyeDev: EyeDev starts eye dev and reads its banner; ConsoleDev
+// only adds the console's address and waits for it.
 
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { promisify } from 'node:util';
 
-import { EyeDev, eyeBin, launchChromium, psql, waitUntil, REPO_ROOT } from '../../../../clients/js/test/harness.mjs';
+import { EyeDev, launchChromium, psql, waitUntil, REPO_ROOT } from '../../../../clients/js/test/harness.mjs';
 
 export { launchChromium, psql, waitUntil, REPO_ROOT };
 
 const run = promisify(execFile);
 
 const KEY_LINE = /^eye_[0-9a-f]{64}$/;
-const STARTUP_TIMEOUT_MS = 120_000;
 
 /** Where the screenshots and the latency report go. */
 export const DOCS_DIR = path.join(REPO_ROOT, 'docs', 'console');
 
 export class ConsoleDev extends EyeDev {
-  static async start(env = {}) {
-    const dev = new ConsoleDev();
-    try {
-      await dev.#boot(env);
-    } catch (error) {
-      await dev.stop().catch(() => {});
-      throw error;
-    }
-    return dev;
-  }
-
-  async #boot(extra) {
-    const bin = eyeBin();
-    this.bin = bin;
-    this.workdir = fs.mkdtempSync(path.join(os.tmpdir(), 'eye-console-'));
-    // PostgreSQL runs as `postgres` when we are root: let it into the directory.
-    fs.chmodSync(this.workdir, 0o755);
-    const env = { ...process.env };
-    for (const name of ['DATABASE_URL', 'EYE_ENDPOINT', 'EYE_API_KEY', 'EYE_HTTP_ENDPOINT', 'EYE_QUERY_ENDPOINT']) {
-      delete env[name];
-    }
-    Object.assign(env, {
-      EYE__INGEST__PORT: '0',
-      EYE__INGEST__HTTP_PORT: '0',
-      EYE__QUERY__PORT: '0',
-      EYE__QUERY__HTTP_PORT: '0',
-      EYE__METRICS__PORT: '0',
-      EYE__TELEMETRY__LOG_FORMAT: 'json',
-      ...extra,
-    });
-    this.stderrPath = path.join(this.workdir, 'eye-dev.stderr');
-    const stderr = fs.openSync(this.stderrPath, 'w');
-    this.process = spawn(bin, ['dev'], {
-      cwd: this.workdir,
-      env,
-      stdio: ['ignore', 'pipe', stderr],
-      detached: true,
-    });
-    fs.closeSync(stderr);
-    this.exited = new Promise((resolve) => this.process.on('exit', (code, signal) => resolve({ code, signal })));
-    const banner = [];
-    const lines = readline.createInterface({ input: this.process.stdout });
-    const keyLine = new Promise((resolve) => {
-      lines.on('line', (line) => {
-        if (banner.length < 10_000) banner.push(line);
-        if (KEY_LINE.test(line)) resolve(line);
-      });
-      lines.on('close', () => resolve(null));
-    });
-    const timeout = new Promise((resolve) => setTimeout(resolve, STARTUP_TIMEOUT_MS, null).unref());
-    const key = await Promise.race([keyLine, timeout]);
-    if (!key) {
-      throw new Error(
-        `eye dev printed no API key within ${STARTUP_TIMEOUT_MS / 1000} s; stdout:\n${banner.join('\n')}\nstderr:\n${this.stderrTail()}`
-      );
-    }
-    this.banner = banner;
-    const field = (label) => {
-      for (const line of banner) {
-        const match = line.match(new RegExp(`^\\s+${label}:\\s+(\\S+)`));
-        if (match) return match[1];
-      }
-      throw new Error(`no \`${label}:\` line in the eye dev banner:\n${banner.join('\n')}`);
-    };
-    const exported = (name) => {
-      for (const line of banner) {
-        const match = line.match(new RegExp(`^export ${name}='(.*)'$`));
-        if (match) return match[1].replaceAll("'\\''", "'");
-      }
-      throw new Error(`no \`export ${name}=\` line in the eye dev banner:\n${banner.join('\n')}`);
-    };
-    // The database first: stop() needs to know where its data lives whatever fails next.
-    this.databaseUrl = exported('DATABASE_URL');
-    this.dataDir = await psql(this.databaseUrl, 'SHOW data_directory');
-    this.devKey = key;
-    this.ingestEndpoint = field('ingest endpoint');
-    this.endpoint = field('http endpoint').replace(/\/+$/, '');
+  /** Also waits for the console (the banner's `console:` line) to answer. */
+  async ready() {
+    await super.ready();
     // The console's base URL, always with one trailing slash: `${dev.console}login`.
-    this.console = field('console').replace(/\/*$/, '/');
+    this.console = this.field('console').replace(/\/*$/, '/');
     this.consoleOrigin = new URL(this.console).origin;
     await waitUntil(
       async () => {

@@ -146,18 +146,25 @@ pub(super) async fn overview(
             stage.dead_letters
         );
     }
-    body.push_str("</table><h2>Quarantined in the last hour, by reason</h2><table id=\"errors-by-reason\"><tr><th>reason</th><th>count</th></tr>");
-    for reason in &hour.errors_by_reason {
+    body.push_str("</table><h2>Quarantined in the last hour, by reason</h2>");
+    body.push_str(&reason_table("errors-by-reason", &hour.errors_by_reason));
+    Ok(page(Some(&who), "Overview", &body).into_response())
+}
+
+/// A table of counts by reason, each linking to its errors.
+fn reason_table(id: &str, counts: &[pb::ReasonCount]) -> String {
+    let mut table = format!("<table id=\"{id}\"><tr><th>reason</th><th>count</th></tr>");
+    for count in counts {
         let _ = write!(
-            body,
+            table,
             "<tr data-reason=\"{0}\"><td><a href=\"/errors?reason={1}\">{0}</a></td><td class=\"count\">{2}</td></tr>",
-            esc(&reason.reason),
-            url(&reason.reason),
-            reason.count
+            esc(&count.reason),
+            url(&count.reason),
+            count.count
         );
     }
-    body.push_str("</table>");
-    Ok(page(Some(&who), "Overview", &body).into_response())
+    table.push_str("</table>");
+    table
 }
 
 /// Events per minute as an inline SVG bar chart (drawn here: no script, no CDN).
@@ -407,19 +414,9 @@ pub(super) async fn errors(
             esc(replayed)
         );
     }
-    body.push_str("<h2>By reason</h2><table id=\"reasons\"><tr><th>reason</th><th>count</th></tr>");
-    for count in &answer.counts {
-        let _ = write!(
-            body,
-            "<tr data-reason=\"{0}\"><td><a href=\"/errors?reason={1}\">{0}</a></td><td class=\"count\">{2}</td></tr>",
-            esc(&count.reason),
-            url(&count.reason),
-            count.count
-        );
-    }
-    body.push_str(
-        "</table><h2>By type</h2><table id=\"types\"><tr><th>type</th><th>count</th></tr>",
-    );
+    body.push_str("<h2>By reason</h2>");
+    body.push_str(&reason_table("reasons", &answer.counts));
+    body.push_str("<h2>By type</h2><table id=\"types\"><tr><th>type</th><th>count</th></tr>");
     for (category, name, count) in &types {
         let _ = write!(
             body,

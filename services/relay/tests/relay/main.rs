@@ -22,12 +22,34 @@ use uuid::Uuid;
 const CHANGES: usize = 20_000;
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-fn spawn_relay(source: &str, endpoint: &str, key: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_eye-relay"))
+/// A running `eye-relay` and its metrics port.
+struct RelayProcess {
+    child: Child,
+    metrics_port: u16,
+}
+
+impl RelayProcess {
+    /// SIGTERM, once it serves `/metrics` (from then on SIGTERM drains), and a clean exit.
+    async fn terminate(mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "the relay never served /metrics");
+            tokio::time::sleep(Duration::from_millis(20)).await; // polling a port, not a wait for work
+        }
+        kill(&self.child, "-TERM");
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        assert!(exit.expect("drains in time").unwrap().success(), "SIGTERM is a clean exit");
+    }
+}
+
+fn spawn_relay(source: &str, endpoint: &str, key: &str) -> RelayProcess {
+    let metrics_port = eye_test_support::free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_eye-relay"))
         .env("EYE_RELAY_SOURCE", source)
         .env("EYE_ENDPOINT", endpoint)
         .env("EYE_API_KEY", key)
-        .env("EYE__METRICS__PORT", "0")
+        .env("EYE__METRICS__HOST", "127.0.0.1")
+        .env("EYE__METRICS__PORT", metrics_port.to_string())
         // Rows of a killed relay come back after the lease: short, so the test is too.
         .env("EYE__RELAY__CONSUMER__LEASE_MS", "2000")
         .env("EYE__RELAY__CONSUMER__POLL_INTERVAL_MS", "200")
@@ -37,7 +59,8 @@ fn spawn_relay(source: &str, endpoint: &str, key: &str) -> Child {
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("start eye-relay")
+        .expect("start eye-relay");
+    RelayProcess { child, metrics_port }
 }
 
 /// Ingest in-process on `settings`' fixed port, until its token is cancelled.
@@ -116,8 +139,8 @@ async fn every_committed_change_is_stored_once_while_relays_are_killed_and_inges
         let moment = Duration::from_millis(rng.random_range(200..1200));
         tokio::time::sleep(moment).await; // chaos timing, not synchronisation
         let victim = rng.random_range(0..relays.len());
-        kill(&relays[victim], "-KILL");
-        relays[victim].wait().await.unwrap();
+        kill(&relays[victim].child, "-KILL");
+        relays[victim].child.wait().await.unwrap();
         relays[victim] = spawn_relay(&producer.url, &endpoint, &key);
         kills += 1;
         let shipped = count(&eye.pool, "SELECT count(*) FROM idempotency_keys").await;
@@ -145,10 +168,8 @@ async fn every_committed_change_is_stored_once_while_relays_are_killed_and_inges
     assert!(restarted_ingest, "ingest was restarted once");
 
     // SIGTERM drains: each relay exits cleanly.
-    for relay in &mut relays {
-        kill(relay, "-TERM");
-        let exit = tokio::time::timeout(Duration::from_secs(30), relay.wait()).await;
-        assert!(exit.expect("drains in time").unwrap().success());
+    for relay in relays {
+        relay.terminate().await;
     }
 
     let stored: Vec<(Uuid, Uuid)> = sqlx::query_as("SELECT event_id, session_id FROM events")
@@ -229,13 +250,12 @@ async fn a_rejected_event_is_dead_lettered_in_the_producers_outbox_with_its_reas
         .unwrap();
     tx.commit().await.unwrap();
 
-    let mut relay = spawn_relay(&producer.url, &pipeline.endpoint(), &key);
+    let relay = spawn_relay(&producer.url, &pipeline.endpoint(), &key);
     wait_for(&producer.pool, TIMEOUT, "the outbox to empty", || async {
         (count(&producer.pool, "SELECT count(*) FROM eye.outbox").await == 0).then_some(())
     })
     .await;
-    kill(&relay, "-TERM");
-    assert!(relay.wait().await.unwrap().success());
+    relay.terminate().await;
     assert_eq!(count(&eye.pool, "SELECT count(*) FROM idempotency_keys").await, 1);
 
     // `eye dlq list` of the producer's outbox shows it, with the reason.
