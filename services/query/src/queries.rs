@@ -143,6 +143,33 @@ pub async fn stored_per_minute(
     .await?)
 }
 
+/// What [`stored_by`] groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// The application's name.
+    Application,
+    Category,
+}
+
+/// Events stored since `since`, by application or by category, the ten largest.
+pub async fn stored_by(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+    by: By,
+) -> Result<Vec<(String, i64)>, QueryError> {
+    let sql = match by {
+        By::Application => {
+            "SELECT a.name, count(*) FROM events e JOIN applications a ON a.id = e.application_id \
+             WHERE e.stored_at >= $1 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
+        }
+        By::Category => {
+            "SELECT category, count(*) FROM events WHERE stored_at >= $1 \
+             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
+        }
+    };
+    Ok(sqlx::query_as(sql).bind(since).fetch_all(pool).await?)
+}
+
 /// What is stored and quarantined of one event type.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct TypeStats {

@@ -122,8 +122,13 @@ pub(super) async fn overview(
 ) -> Result<Response, Failure> {
     let hour = console.query.get_stats(window(Duration::from_secs(3600))).await?;
     let day = console.query.get_stats(window(Duration::from_secs(86_400))).await?;
+    let pool = console.query.pool();
     let since = Utc::now() - chrono::Duration::hours(1);
-    let minutes = queries::stored_per_minute(console.query.pool(), since).await?;
+    let day_since = Utc::now() - chrono::Duration::days(1);
+    let minutes = queries::stored_per_minute(pool, since).await?;
+    let day_minutes = queries::stored_per_minute(pool, day_since).await?;
+    let by_application = queries::stored_by(pool, since, queries::By::Application).await?;
+    let by_category = queries::stored_by(pool, since, queries::By::Category).await?;
     let mut body = format!(
         "<section class=\"cards\">\
          <a class=\"card\" href=\"/events\"><span id=\"stored-hour\">{}</span> stored in the last hour</a>\
@@ -133,7 +138,28 @@ pub(super) async fn overview(
         hour.events_stored, day.events_stored, hour.errors, hour.dead_letters
     );
     body.push_str("<h2>Stored per minute, last hour</h2>");
-    body.push_str(&chart(&minutes, since));
+    body.push_str(&chart("chart", &minutes, since, 60));
+    body.push_str("<h2>Stored per minute, last day</h2>");
+    body.push_str(&chart("chart-day", &day_minutes, day_since, 1440));
+    body.push_str("<section class=\"split\"><div><h2>Last hour, by application</h2><table id=\"by-application\">");
+    for (name, count) in &by_application {
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/events?application={}\">{}</a></td><td class=\"count\">{count}</td></tr>",
+            url(name),
+            esc(name)
+        );
+    }
+    body.push_str("</table></div><div><h2>Last hour, by category</h2><table id=\"by-category\">");
+    for (category, count) in &by_category {
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/events?category={}\">{}</a></td><td class=\"count\">{count}</td></tr>",
+            url(category),
+            esc(category)
+        );
+    }
+    body.push_str("</table></div></section>");
     body.push_str("<h2>Stages</h2><table id=\"stages\"><tr><th>stage</th><th>depth</th><th>in flight</th><th>lag</th><th>dead letters</th></tr>");
     for stage in &hour.stages {
         let lag = stage.lag.as_ref().map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
@@ -167,24 +193,29 @@ fn reason_table(id: &str, counts: &[pb::ReasonCount]) -> String {
     table
 }
 
-/// Events per minute as an inline SVG bar chart (drawn here: no script, no CDN).
-fn chart(minutes: &[(DateTime<Utc>, i64)], since: DateTime<Utc>) -> String {
-    let counts: BTreeMap<i64, i64> =
-        minutes.iter().map(|(at, n)| ((*at - since).num_minutes().clamp(0, 59), *n)).collect();
+/// Events per minute over `minutes` minutes from `since`, as an inline SVG bar chart (drawn here:
+/// no script, no CDN).
+fn chart(id: &str, counts: &[(DateTime<Utc>, i64)], since: DateTime<Utc>, minutes: i64) -> String {
+    let counts: BTreeMap<i64, i64> = counts
+        .iter()
+        .map(|(at, n)| ((*at - since).num_minutes().clamp(0, minutes - 1), *n))
+        .collect();
     let max = counts.values().copied().max().unwrap_or(0).max(1);
-    let mut svg = String::from(
-        "<svg id=\"chart\" viewBox=\"0 0 600 120\" role=\"img\" aria-label=\"events stored per minute\">",
+    let (width, bar) = (minutes * 10, 9.0);
+    let mut svg = format!(
+        "<svg id=\"{id}\" class=\"chart\" viewBox=\"0 0 {width} 120\" preserveAspectRatio=\"none\" \
+         role=\"img\" aria-label=\"events stored per minute\">"
     );
     for (minute, count) in &counts {
         let height = (*count as f64 / max as f64 * 110.0).max(1.0);
         let _ = write!(
             svg,
-            "<rect x=\"{}\" y=\"{:.1}\" width=\"9\" height=\"{height:.1}\"><title>{count} events</title></rect>",
+            "<rect x=\"{}\" y=\"{:.1}\" width=\"{bar}\" height=\"{height:.1}\"><title>{count} events</title></rect>",
             minute * 10,
             120.0 - height
         );
     }
-    let _ = write!(svg, "<text x=\"2\" y=\"12\">{max}/min</text></svg>");
+    let _ = write!(svg, "</svg><p class=\"hint\">highest: {max} events in a minute</p>");
     svg
 }
 
