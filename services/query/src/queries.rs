@@ -86,6 +86,10 @@ pub struct EventRow {
     pub schema_version: Option<i32>,
 }
 
+/// The start of every statement that reads [`EventRow`]s.
+const SELECT_EVENTS: &str = "SELECT application_id, event_id, session_id, category, name, \
+     data::text AS data, occurred_at, received_at, stored_at, schema_version FROM events WHERE true";
+
 /// Up to `limit` events matching `filter`, in `(occurred_at, event_id)` order, strictly after
 /// `after` if given.
 pub async fn list_events(
@@ -94,11 +98,7 @@ pub async fn list_events(
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> Result<Vec<EventRow>, QueryError> {
-    let mut query = QueryBuilder::new(
-        "SELECT application_id, event_id, session_id, category, name, data::text AS data, \
-                occurred_at, received_at, stored_at, schema_version \
-         FROM events WHERE true",
-    );
+    let mut query = QueryBuilder::new(SELECT_EVENTS);
     push_filter(&mut query, filter);
     if let Some((occurred_at, event_id)) = after {
         query.push(" AND occurred_at >= ").push_bind(occurred_at);
@@ -118,11 +118,7 @@ pub async fn tail(
     since: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<EventRow>, QueryError> {
-    let mut query = QueryBuilder::new(
-        "SELECT application_id, event_id, session_id, category, name, data::text AS data, \
-                occurred_at, received_at, stored_at, schema_version \
-         FROM events WHERE true",
-    );
+    let mut query = QueryBuilder::new(SELECT_EVENTS);
     push_filter(&mut query, filter);
     query.push(" AND stored_at >= ").push_bind(since);
     query.push(" ORDER BY stored_at, event_id LIMIT ").push_bind(limit);

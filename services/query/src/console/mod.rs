@@ -144,6 +144,12 @@ impl Signed {
         if self.is_admin() { Ok(()) } else { Err(Failure::Forbidden) }
     }
 
+    /// Refuses an admin form unless the key holds the admin role and the form its CSRF token.
+    fn admin_form(&self, token: Option<&str>) -> Result<(), Failure> {
+        self.require_admin()?;
+        self.check_csrf(token)
+    }
+
     /// Refuses a state-changing request whose form lacks this session's CSRF token.
     fn check_csrf(&self, token: Option<&str>) -> Result<(), Failure> {
         if token == Some(self.csrf.as_str()) { Ok(()) } else { Err(Failure::Forbidden) }

@@ -517,8 +517,7 @@ pub(super) async fn replay(
     State(console): State<Console>,
     Form(fields): Form<Fields>,
 ) -> Result<Response, Failure> {
-    who.require_admin()?;
-    who.check_csrf(field(&fields, "_csrf"))?;
+    who.admin_form(field(&fields, "_csrf"))?;
     let request = if field(&fields, "mode") == Some("selected") {
         let ids = fields
             .iter()
@@ -704,8 +703,7 @@ pub(super) async fn issue_key(
     Path(name): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Result<Response, Failure> {
-    who.require_admin()?;
-    who.check_csrf(field(&fields, "_csrf"))?;
+    who.admin_form(field(&fields, "_csrf"))?;
     let roles = fields
         .iter()
         .filter(|(field, _)| field == "role")
@@ -723,8 +721,7 @@ pub(super) async fn revoke(
     Path(name): Path<String>,
     Form(fields): Form<Fields>,
 ) -> Result<Response, Failure> {
-    who.require_admin()?;
-    who.check_csrf(field(&fields, "_csrf"))?;
+    who.admin_form(field(&fields, "_csrf"))?;
     eye_admin::apps::revoke(console.query.pool(), &name).await?;
     Ok(Redirect::to("/apps").into_response())
 }
