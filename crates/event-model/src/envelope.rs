@@ -143,6 +143,14 @@ fn check_type_part(
 /// requirements' own form without a zone, `2021-01-01 09:15:27.243860` (a `T` instead of the
 /// space, and no fraction, are fine too), taken as UTC.
 pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, Rejection> {
+    parse_timestamp_at(text, chrono::FixedOffset::east_opt(0).expect("UTC"))
+}
+
+/// [`parse_timestamp`], reading a time without a zone as wall-clock time at `naive_offset`.
+pub fn parse_timestamp_at(
+    text: &str,
+    naive_offset: chrono::FixedOffset,
+) -> Result<DateTime<Utc>, Rejection> {
     let text = text.trim();
     if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         return Ok(at.with_timezone(&Utc));
@@ -150,7 +158,8 @@ pub fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, Rejection> {
     ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"]
         .iter()
         .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
-        .map(|naive| naive.and_utc())
+        .and_then(|naive| naive.and_local_timezone(naive_offset).single())
+        .map(|at| at.with_timezone(&Utc))
         .ok_or_else(|| Rejection::UnreadableTimestamp(text.to_owned()))
 }
 

@@ -101,7 +101,7 @@ pub async fn create<'c>(
             None => AdminError::ApplicationExists { name },
         });
     };
-    let issued = insert_key(&mut tx, id, roles).await?;
+    let issued = insert_key(&mut tx, id, roles, None).await?;
     tx.commit().await?;
     Ok(issued)
 }
@@ -152,22 +152,9 @@ pub async fn issue_publishable_key<'c>(
     origins.dedup();
     let mut tx = db.begin().await?;
     let application_id = lock_active(&mut tx, name).await?;
-    let (key, hash) = generate_publishable_key();
-    let key_id = Uuid::now_v7();
-    let roles = vec![Role::Ingest.as_str().to_owned()];
-    sqlx::query(
-        "INSERT INTO api_keys (id, application_id, key_hash, roles, publishable, origins) \
-         VALUES ($1, $2, $3, $4, true, $5)",
-    )
-    .bind(key_id)
-    .bind(application_id)
-    .bind(&hash[..])
-    .bind(&roles)
-    .bind(&origins)
-    .execute(&mut *tx)
-    .await?;
+    let issued = insert_key(&mut tx, application_id, &[Role::Ingest], Some(&origins)).await?;
     tx.commit().await?;
-    Ok(IssuedKey { application_id, key_id, key, roles })
+    Ok(issued)
 }
 
 /// Issues another key for the existing, non-revoked application `name`.
@@ -298,7 +285,7 @@ async fn issue_locked(
     roles: &[Role],
 ) -> Result<IssuedKey, AdminError> {
     let id = lock_active(conn, name).await?;
-    insert_key(conn, id, roles).await
+    insert_key(conn, id, roles, None).await
 }
 
 /// Locks the row of application `name` against revocation until the transaction ends; fails if
@@ -316,21 +303,27 @@ async fn lock_active(conn: &mut PgConnection, name: &str) -> Result<Uuid, AdminE
     }
 }
 
+/// Inserts a new key of `application_id` holding `roles`: a secret key, or with `origins` a
+/// publishable one usable from those origins only.
 async fn insert_key(
     conn: &mut PgConnection,
     application_id: Uuid,
     roles: &[Role],
+    origins: Option<&[String]>,
 ) -> Result<IssuedKey, AdminError> {
     let roles: Vec<String> = roles.iter().map(|role| role.as_str().to_owned()).collect();
-    let (key, hash) = generate_key();
+    let (key, hash) = if origins.is_some() { generate_publishable_key() } else { generate_key() };
     let key_id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO api_keys (id, application_id, key_hash, roles) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO api_keys (id, application_id, key_hash, roles, publishable, origins) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(key_id)
     .bind(application_id)
     .bind(&hash[..])
     .bind(&roles)
+    .bind(origins.is_some())
+    .bind(origins.unwrap_or_default())
     .execute(&mut *conn)
     .await?;
     Ok(IssuedKey { application_id, key_id, key, roles })

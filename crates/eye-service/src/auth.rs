@@ -145,6 +145,19 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// The statement reading the [`Principal`] of the live key (of a live application) that
+/// `$condition` selects.
+macro_rules! live_key {
+    ($condition:literal) => {
+        concat!(
+            "SELECT k.application_id, k.id AS key_id, k.roles, k.publishable, k.origins \
+             FROM api_keys k JOIN applications a ON a.id = k.application_id WHERE ",
+            $condition,
+            " AND k.revoked_at IS NULL AND a.revoked_at IS NULL"
+        )
+    };
+}
+
 /// Most cached keys; past it the cache is emptied (a flood of distinct bad keys cannot grow it).
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -195,15 +208,11 @@ impl Authenticator {
     /// what a console session, which holds the key's id and never the key, re-checks on each
     /// request, so that revoking the key ends its sessions at once.
     pub async fn principal_of_key(&self, key_id: Uuid) -> Result<Option<Principal>, AuthError> {
-        sqlx::query_as(
-            "SELECT k.application_id, k.id AS key_id, k.roles, k.publishable, k.origins \
-             FROM api_keys k JOIN applications a ON a.id = k.application_id \
-             WHERE k.id = $1 AND k.revoked_at IS NULL AND a.revoked_at IS NULL",
-        )
-        .bind(key_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(AuthError::Unavailable)
+        sqlx::query_as(live_key!("k.id = $1"))
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(AuthError::Unavailable)
     }
 
     /// The cached answer for `hash`, if fresh: `Some(None)` for a key known to be unknown.
@@ -218,15 +227,11 @@ impl Authenticator {
         if let Some(principal) = self.cached(&hash, now) {
             return Ok(principal);
         }
-        let principal: Option<Principal> = sqlx::query_as(
-            "SELECT k.application_id, k.id AS key_id, k.roles, k.publishable, k.origins \
-             FROM api_keys k JOIN applications a ON a.id = k.application_id \
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND a.revoked_at IS NULL",
-        )
-        .bind(&hash[..])
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(AuthError::Unavailable)?;
+        let principal: Option<Principal> = sqlx::query_as(live_key!("k.key_hash = $1"))
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(AuthError::Unavailable)?;
         let mut cache = self.cache.lock().expect("auth cache");
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();

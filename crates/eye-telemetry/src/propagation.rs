@@ -50,6 +50,12 @@ fn extract(headers: &Headers) -> Context {
     TraceContextPropagator::new().extract(&Reader(headers))
 }
 
+/// The W3C trace context a request carried, read through `get` (a header or metadata lookup,
+/// whatever the transport): the fields among [`FIELDS`] that are present and text.
+pub fn from_request<'a>(get: impl Fn(&'static str) -> Option<&'a str>) -> Headers {
+    FIELDS.iter().filter_map(|name| Some((name.to_string(), get(name)?.to_owned()))).collect()
+}
+
 /// Makes `span` continue the trace whose context `headers` carry. Call it before the span is
 /// first entered (an OpenTelemetry span's parent is fixed when it starts). Without a valid
 /// `traceparent`, `span` keeps its local parent (or starts a new trace). Returns whether the

@@ -51,6 +51,14 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("bound").port()
 }
 
+/// Sends `signal` (`-TERM`, `-KILL`, ...) to process `pid` with kill(1), as an operator would;
+/// panics if it cannot be sent.
+pub fn signal(pid: Option<u32>, signal: &str) {
+    let pid = pid.expect("the process is running").to_string();
+    let sent = std::process::Command::new("kill").args([signal, &pid]).status();
+    assert!(sent.expect("run kill").success(), "kill {signal} {pid}");
+}
+
 /// The checkout's root directory.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")

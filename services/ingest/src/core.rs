@@ -5,7 +5,7 @@
 //! back-pressure, batch limits, the per-event envelope rules, group commit and duplicate
 //! detection are written once, here.
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{net::IpAddr, time::Instant};
 
 use event_model::{ApplicationId, Limits, PayloadLimits, Rejection, envelope};
 use eye_proto::v1::{self as pb, EventResult, EventStatus, SendEventsResponse};
@@ -80,7 +80,7 @@ fn encoded_size(events: &[Incoming]) -> usize {
 pub struct Ingest {
     metrics: Metrics,
     auth: Authenticator,
-    publishable: Arc<RateLimiter<(uuid::Uuid, Option<IpAddr>)>>,
+    publishable: RateLimiter<(uuid::Uuid, Option<IpAddr>)>,
     backpressure: Backpressure,
     committer: Committer,
     limits: Limits,
@@ -99,10 +99,7 @@ impl Ingest {
         Self {
             metrics,
             auth,
-            publishable: Arc::new(RateLimiter::new(
-                settings.publishable_rate,
-                settings.publishable_burst,
-            )),
+            publishable: RateLimiter::new(settings.publishable_rate, settings.publishable_burst),
             backpressure,
             committer,
             limits: Limits {

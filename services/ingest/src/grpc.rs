@@ -31,13 +31,7 @@ impl GrpcIngest {
 
 /// The W3C trace context a client sent as gRPC metadata (`traceparent`, `tracestate`).
 fn trace_context(metadata: &MetadataMap) -> Headers {
-    propagation::FIELDS
-        .iter()
-        .filter_map(|name| {
-            let value = metadata.get(*name)?.to_str().ok()?;
-            Some((name.to_string(), value.to_owned()))
-        })
-        .collect()
+    propagation::from_request(|name| metadata.get(name)?.to_str().ok())
 }
 
 #[tonic::async_trait]

@@ -374,13 +374,7 @@ async fn tracker() -> Response {
 
 /// The W3C trace context a client sent as HTTP headers.
 fn trace_context(headers: &HeaderMap) -> Headers {
-    propagation::FIELDS
-        .iter()
-        .filter_map(|name| {
-            let value = headers.get(*name)?.to_str().ok()?;
-            Some((name.to_string(), value.to_owned()))
-        })
-        .collect()
+    propagation::from_request(|name| headers.get(name)?.to_str().ok())
 }
 
 fn query_key(uri: &Uri) -> Option<String> {

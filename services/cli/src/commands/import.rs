@@ -26,7 +26,7 @@ use crate::cli::{self, ImportArgs};
 /// What became of the files so far.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 struct Counts {
-    /// Event files found (named `<uuid>.json`), each counted once.
+    /// Event files found (named `<uuid>.json`), each counted once while it stays in the inbox.
     seen: u64,
     /// Events answered ACCEPTED or DUPLICATE.
     sent: u64,
@@ -90,21 +90,12 @@ fn map_file(
         return Err(format!("metadata.event_id {event_id:?} differs from the file name {file_id}"));
     }
     let event_at = metadata.event_at.ok_or("no `metadata.event_at`")?;
-    let occurred_at = parse_event_at(&event_at, naive_offset)?;
+    let occurred_at = event_model::envelope::parse_timestamp_at(&event_at, naive_offset)
+        .map_err(|error| error.to_string())?;
     let session = session_of(&kind, payload, occurred_at);
     let mut event = eye_client::event_at(&kind, name, payload.get(), session, occurred_at);
     event.event_id = file_id.to_string();
     Ok(event)
-}
-
-/// `metadata.event_at`: RFC 3339, or without a zone at `naive_offset`.
-fn parse_event_at(text: &str, naive_offset: FixedOffset) -> Result<DateTime<Utc>, String> {
-    if let Ok(at) = DateTime::parse_from_rfc3339(text.trim()) {
-        return Ok(at.with_timezone(&Utc));
-    }
-    let utc = event_model::envelope::parse_timestamp(text).map_err(|error| error.to_string())?;
-    // Read as UTC; the wall-clock time was at `naive_offset`.
-    Ok(utc - chrono::Duration::seconds(i64::from(naive_offset.local_minus_utc())))
 }
 
 /// The session: the record's (`payload.id`), else the type's and the UTC day's.
@@ -288,12 +279,14 @@ async fn import_once(
 ) -> anyhow::Result<usize> {
     let files =
         scan(&places.inbox).with_context(|| format!("cannot read {}", places.inbox.display()))?;
+    // Files new since the last pass count as seen; only the inbox's present files are
+    // remembered, so a long `--watch` keeps no record of what has left.
+    let present: std::collections::HashSet<Uuid> = files.iter().map(|(_, id, _)| *id).collect();
+    report.counts.seen += present.difference(seen).count() as u64;
+    *seen = present;
     let mut waiting = 0;
     let mut batch: Vec<EventFile> = Vec::new();
     for (record_type, id, path) in files {
-        if seen.insert(id) {
-            report.counts.seen += 1;
-        }
         let relative = PathBuf::from(&record_type).join(format!("{id}.json"));
         match read(&record_type, id, &path, args) {
             Ok(event) => batch.push(EventFile { path, relative, event }),

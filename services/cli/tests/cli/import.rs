@@ -170,8 +170,7 @@ fn files_under(dir: &Path) -> HashSet<PathBuf> {
 }
 
 fn kill(child: &Child, signal: &str) {
-    let pid = child.id().expect("running").to_string();
-    assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    eye_test_support::signal(child.id(), signal);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -199,9 +199,7 @@ async fn nothing_acknowledged_is_lost_across_a_rolling_restart() {
             (now >= before + 500).then_some(())
         })
         .await;
-        let pid = server.id().expect("running");
-        let sent = std::process::Command::new("kill").args([signal, &pid.to_string()]).status();
-        assert!(sent.unwrap().success());
+        eye_test_support::signal(server.id(), signal);
         let exit = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
         let exit = exit.expect("drains within the grace period").unwrap();
         if signal == "-TERM" {
@@ -219,9 +217,7 @@ async fn nothing_acknowledged_is_lost_across_a_rolling_restart() {
         acknowledged.extend(ids);
     }
     assert!(over.iter().all(|&n| n > 0), "both transports acknowledged events: {over:?}");
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &server.id().unwrap().to_string()])
-        .status();
+    eye_test_support::signal(server.id(), "-TERM");
     server.wait().await.unwrap();
 
     // Every acknowledged event is in the outbox (nothing consumes it here), exactly once.

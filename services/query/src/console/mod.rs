@@ -96,10 +96,15 @@ impl Console {
             .with_state(self)
     }
 
-    fn sign(&self, payload: &str) -> String {
+    fn mac(&self, payload: &str) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
         mac.update(payload.as_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        mac
+    }
+
+    fn sign(&self, payload: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(self.mac(payload).finalize().into_bytes())
     }
 
     /// The cookie value of a session of `key_id`.
@@ -112,10 +117,9 @@ impl Console {
     /// The key id of a valid, unexpired session cookie.
     fn verify(&self, cookie: &str) -> Option<Uuid> {
         let (payload, signature) = cookie.rsplit_once('.')?;
-        let expected = self.sign(payload);
-        // Constant-time comparison of the signatures.
-        let same = expected.len() == signature.len()
-            && expected.bytes().zip(signature.bytes()).fold(0, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(signature).ok()?;
+        // hmac compares in constant time.
+        let same = self.mac(payload).verify_slice(&signature).is_ok();
         let (key_id, expires) = payload.split_once('.')?;
         let expires: i64 = expires.parse().ok()?;
         (same && expires > Utc::now().timestamp()).then(|| key_id.parse().ok()).flatten()

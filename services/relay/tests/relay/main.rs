@@ -107,8 +107,7 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
 }
 
 fn kill(child: &Child, signal: &str) {
-    let pid = child.id().expect("running").to_string();
-    assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    eye_test_support::signal(child.id(), signal);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
