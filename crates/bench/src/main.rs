@@ -44,6 +44,7 @@ use std::{
 use anyhow::{Context, bail};
 use chrono::Utc;
 use clap::{Parser, ValueEnum};
+use eye_admin::subscriptions::{Destination, Filter, NewSubscription};
 use eye_proto::v1::{
     Event, EventStatus, SendEventsRequest, ingest_service_client::IngestServiceClient,
 };
@@ -64,9 +65,12 @@ enum Scenario {
     Clients,
     Http,
     Transports,
+    /// Writer throughput with 0, 1 and 10 subscriptions, and delivery rates to a local webhook
+    /// receiver and to NATS JetStream (a nats-server started by the benchmark).
+    Delivery,
 }
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(about = "End-to-end benchmark of The Eye")]
 struct Args {
     #[arg(long, value_enum, default_value = "steady")]
@@ -102,6 +106,17 @@ struct Args {
     /// Print only the JSON summary.
     #[arg(long)]
     json: bool,
+    /// Subscriptions matching every event, created before the load (their destination: see
+    /// `--deliver-to`; without it, nothing delivers them and the writer's cost alone is measured).
+    #[arg(long, default_value_t = 0)]
+    subscriptions: usize,
+    /// After the store caught up, run eye-delivery and time delivery to this destination
+    /// (`http://...` a webhook, `nats://...` JetStream).
+    #[arg(long)]
+    deliver_to: Option<String>,
+    /// nats-server binary (the delivery scenario).
+    #[arg(long, default_value = "nats-server")]
+    nats_server: String,
 }
 
 /// The `clients` scenario: three runs and their ratios.
@@ -153,7 +168,26 @@ struct Report {
     outbox_bytes_before: i64,
     outbox_bytes_peak: i64,
     outbox_bytes_after: i64,
+    /// Subscriptions matching every event during the run.
+    subscriptions: usize,
+    /// Events/s delivered (all subscriptions together), from eye-delivery's start to the last
+    /// acknowledged delivery, when `--deliver-to` was given.
+    delivered_per_second: Option<f64>,
     machine: String,
+}
+
+/// The `delivery` scenario.
+#[derive(Debug, Serialize)]
+struct DeliveryComparison {
+    none: Report,
+    one: Report,
+    ten: Report,
+    nats: Option<Report>,
+    /// The writer's end-to-end events/s with 1 and 10 subscriptions over none's.
+    writer_1_to_0: f64,
+    writer_10_to_0: f64,
+    webhook_delivered_per_second: Option<f64>,
+    nats_delivered_per_second: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -194,6 +228,9 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&comparison)?);
         check(&comparison.grpc)?;
         return check(&comparison.http);
+    }
+    if args.scenario == Scenario::Delivery {
+        return delivery_scenario(&args, &server).await;
     }
     if args.scenario != Scenario::Clients {
         let report = run_once(&args, &server, args.scenario).await?;
@@ -252,6 +289,22 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
         ..Default::default()
     };
     report.outbox_bytes_before = outbox_bytes(&mut conn).await?;
+    report.subscriptions = args.subscriptions;
+    for i in 0..args.subscriptions {
+        let destination = match args.deliver_to.as_deref() {
+            Some(url) if url.starts_with("nats") => Destination::Nats(url.into()),
+            Some(url) => Destination::Webhook(url.into()),
+            None => Destination::Webhook("http://127.0.0.1:9/unused".into()),
+        };
+        let new = NewSubscription {
+            name: format!("bench-{i}"),
+            destination,
+            filter: Filter::default(),
+            from: None,
+            ordered: false,
+        };
+        eye_admin::subscriptions::create(&mut conn, &new).await?;
+    }
 
     let (port, http_port) = (free_port()?, free_port()?);
     let mut services = vec![spawn(args, "eye-ingest", &db.url, port, http_port)?];
@@ -301,8 +354,10 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
     loop {
         let stored: i64 =
             sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&mut conn).await?;
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stage = ANY($1)")
+            .bind(eye_service::pipeline::stage::ALL)
+            .fetch_one(&mut conn)
+            .await?;
         if stored >= report.acknowledged as i64 && pending == 0 {
             break;
         }
@@ -325,6 +380,26 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
     };
     report.end_to_end_seconds = (e2e_end - e2e_start).as_secs_f64();
 
+    if args.deliver_to.is_some() && args.subscriptions > 0 {
+        let started = Instant::now();
+        services.push(spawn(args, "eye-delivery", &db.url, port, http_port)?);
+        let want = report.acknowledged as i64 * args.subscriptions as i64;
+        loop {
+            let delivered: i64 =
+                sqlx::query_scalar("SELECT coalesce(sum(delivered), 0)::int8 FROM subscriptions")
+                    .fetch_one(&mut conn)
+                    .await?;
+            if delivered >= want {
+                break;
+            }
+            if Instant::now() > deadline + Duration::from_secs(args.timeout_secs) {
+                eprintln!("timed out: {delivered} of {want} delivered");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        report.delivered_per_second = Some(want as f64 / started.elapsed().as_secs_f64());
+    }
     for service in &mut services {
         let rss = service.child.id().map_or(0.0, peak_rss_mb);
         report.peak_rss_mb.push((service.name.to_owned(), rss));
@@ -344,6 +419,99 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
         report.ratio_to_copy = Some(report.end_to_end_per_second / rate);
     }
     Ok(report)
+}
+
+/// The `delivery` scenario: the writer with 0, 1 and 10 subscriptions (the one delivered to a
+/// local webhook receiver afterwards), and 1 subscription delivered to NATS JetStream.
+async fn delivery_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
+    let receiver = webhook_receiver().await?;
+    let with = |subscriptions: usize, deliver_to: Option<String>| Args {
+        subscriptions,
+        deliver_to,
+        scenario: Scenario::Steady,
+        ..args.clone()
+    };
+    let none = run_once(&with(0, None), server, Scenario::Steady).await?;
+    let one = run_once(&with(1, Some(receiver)), server, Scenario::Steady).await?;
+    let ten = run_once(&with(10, None), server, Scenario::Steady).await?;
+    let nats = match NatsServer::start(&args.nats_server) {
+        Ok(nats) => {
+            let jetstream = eye_delivery::nats::Nats::connect(&nats.url, Duration::from_secs(10))
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Err(error) = jetstream.create_stream(1).await {
+                if Instant::now() > deadline {
+                    bail!("JetStream did not start: {error}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let report =
+                run_once(&with(1, Some(nats.url.clone())), server, Scenario::Steady).await?;
+            drop(nats);
+            Some(report)
+        }
+        Err(error) => {
+            eprintln!("no NATS run: cannot start {}: {error}", args.nats_server);
+            None
+        }
+    };
+    let comparison = DeliveryComparison {
+        writer_1_to_0: one.end_to_end_per_second / none.end_to_end_per_second,
+        writer_10_to_0: ten.end_to_end_per_second / none.end_to_end_per_second,
+        webhook_delivered_per_second: one.delivered_per_second,
+        nats_delivered_per_second: nats.as_ref().and_then(|r| r.delivered_per_second),
+        none,
+        one,
+        ten,
+        nats,
+    };
+    println!("{}", serde_json::to_string_pretty(&comparison)?);
+    for report in [&comparison.none, &comparison.one, &comparison.ten] {
+        check(report)?;
+    }
+    Ok(())
+}
+
+/// A webhook receiver answering 200 to every POST, on a free port; returns its URL.
+async fn webhook_receiver() -> anyhow::Result<String> {
+    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(url)
+}
+
+/// A JetStream nats-server on a free port with a store of its own, killed on drop.
+struct NatsServer {
+    url: String,
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl NatsServer {
+    fn start(binary: &str) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("eye-bench-nats-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir)?;
+        let child = std::process::Command::new(binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Self { url: format!("nats://127.0.0.1:{port}"), child, dir })
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Every acknowledged event stored exactly once, checked in SQL against the ids that were sent.

@@ -10,6 +10,8 @@
 //! - [`schemas`]: the schema registry's write side: check, put (versioned, a no-op when
 //!   unchanged), list, and the example schemas `eye dev` registers.
 //! - [`dead_letters`]: the outbox's dead letters: list and replay into their stage.
+//! - [`subscriptions`]: the ways out: create (live, or backfilling from a time), list with their
+//!   delivery state, pause, resume, delete; the writers' fence.
 //!
 //! Functions take anything that can [`Acquire`](sqlx::Acquire) a Postgres connection (a pool, a
 //! connection, a transaction), and return [`AdminError`], whose messages say what to do next.
@@ -17,6 +19,7 @@
 pub mod apps;
 pub mod dead_letters;
 pub mod schemas;
+pub mod subscriptions;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 

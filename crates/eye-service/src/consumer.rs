@@ -39,7 +39,7 @@ pub trait Stage: Handler {
 }
 
 /// Outbox settings from a consumer section.
-fn outbox_config(consumer: &ConsumerSettings) -> OutboxConfig {
+pub fn outbox_config(consumer: &ConsumerSettings) -> OutboxConfig {
     OutboxConfig {
         batch_size: consumer.batch_size,
         lease: Duration::from_millis(consumer.lease_ms),
@@ -47,6 +47,7 @@ fn outbox_config(consumer: &ConsumerSettings) -> OutboxConfig {
         backoff_base: Duration::from_millis(consumer.backoff_base_ms),
         backoff_max: Duration::from_millis(consumer.backoff_max_ms),
         poll_interval: Duration::from_millis(consumer.poll_interval_ms),
+        ordered: false,
     }
 }
 
@@ -176,6 +177,10 @@ impl<S: Stage> Handler for Observed<S> {
 
     fn is_transient(&self, error: &Self::Error) -> bool {
         self.stage.is_transient(error)
+    }
+
+    fn retry_after(&self, error: &Self::Error) -> Option<Duration> {
+        self.stage.retry_after(error)
     }
 }
 

@@ -30,6 +30,7 @@ pub struct Settings {
     pub validator: ValidatorSettings,
     pub writer: WriterSettings,
     pub relay: RelaySettings,
+    pub delivery: DeliverySettings,
     pub telemetry: TelemetrySettings,
     pub metrics: MetricsSettings,
     pub tls: TlsSettings,
@@ -282,6 +283,47 @@ impl Default for RelaySettings {
             api_key: None,
             schema: "eye".into(),
             retry_budget_ms: 10_000,
+        }
+    }
+}
+
+/// `eye-delivery`: delivers the events that match each subscription (see `eye_admin::subscriptions`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DeliverySettings {
+    /// Claims of each subscription's stage: `concurrency` loops per unordered subscription (an
+    /// ordered one has one), each claiming one outbox row at a time (a row holds the matching
+    /// events of one writer hand-off; `batch_size` is not used). Retries back off from
+    /// `backoff_base_ms` to `backoff_max_ms`; a batch still failing after `max_attempts` claims
+    /// is dead-lettered.
+    pub consumer: ConsumerSettings,
+    /// How often subscriptions are reread when no change notification arrives.
+    pub refresh_ms: u64,
+    /// Most events in one webhook POST.
+    pub webhook_max_events: usize,
+    /// How long a webhook may take to answer before the attempt counts as failed.
+    pub webhook_timeout_ms: u64,
+    /// How long JetStream may take to acknowledge a batch of publishes.
+    pub nats_timeout_ms: u64,
+    /// Most events a backfill enqueues per transaction.
+    pub backfill_page: i64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            consumer: ConsumerSettings {
+                concurrency: 4,
+                batch_size: 1,
+                max_attempts: 20,
+                backoff_max_ms: 600_000,
+                ..Default::default()
+            },
+            refresh_ms: 2_000,
+            webhook_max_events: 100,
+            webhook_timeout_ms: 10_000,
+            nats_timeout_ms: 10_000,
+            backfill_page: 1_000,
         }
     }
 }

@@ -43,7 +43,10 @@ use std::collections::BTreeMap;
 
 pub use enqueue::{flush_event, flush_events, flush_events_in};
 pub use failure::{DbFailure, is_transient};
-pub use outbox::{Claimed, Outbox, OutboxConfig, RetryOutcome, dead_letter_in_hand_off};
+pub use outbox::{
+    Claimed, Outbox, OutboxConfig, RetryOutcome, dead_letter_in_hand_off,
+    dead_letter_new_in_hand_off, record_progress,
+};
 pub use wake::Waker;
 pub use worker::{BatchReport, Handler, run_worker, run_workers};
 

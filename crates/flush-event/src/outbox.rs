@@ -25,6 +25,10 @@ pub struct OutboxConfig {
     /// How often an idle consumer looks for rows when no wake-up arrives (a safety net for lost
     /// notifications and for retries coming due).
     pub poll_interval: Duration,
+    /// Head-of-line claims: one row at a time, the stage's oldest (lowest id), and only when it
+    /// is visible, so rows are handled strictly in enqueue order and a row waiting for its retry
+    /// holds back the ones behind it. `batch_size` is ignored.
+    pub ordered: bool,
 }
 
 impl Default for OutboxConfig {
@@ -36,6 +40,7 @@ impl Default for OutboxConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             poll_interval: Duration::from_secs(1),
+            ordered: false,
         }
     }
 }
@@ -56,6 +61,10 @@ impl OutboxConfig {
         self.backoff_base.saturating_mul(1 << exponent).min(self.backoff_max)
     }
 }
+
+/// The longest wait a handler's [`retry_after`](crate::Handler::retry_after) gets (unless
+/// `backoff_max` is longer).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// A claimed row: the decoded body plus what its ack or retry must present.
 #[derive(Debug, Clone)]
@@ -132,20 +141,31 @@ impl Outbox {
     ) -> Result<(Vec<Claimed<M>>, usize), Error> {
         // The CTE with LIMIT locks exactly the rows it returns (a subquery in FROM may lock more),
         // and SKIP LOCKED lets concurrent consumers take disjoint batches without waiting.
-        let rows: Vec<ClaimedRow> = sqlx::query_as(
+        //
+        // An ordered claim locks the head of the stage whether visible or not, and waits for
+        // (instead of skipping) a concurrent claimer: after the wait it sees the head's new
+        // `visible_at` and claims nothing.
+        let next = if self.config.ordered {
+            "WITH head AS ( \
+                 SELECT id, visible_at FROM outbox WHERE stage = $1 ORDER BY id LIMIT 1 FOR UPDATE \
+             ), next AS (SELECT id FROM head WHERE visible_at <= now() AND $2 > 0) "
+        } else {
             "WITH next AS ( \
                  SELECT id FROM outbox \
                  WHERE stage = $1 AND visible_at <= now() \
                  ORDER BY visible_at, id \
                  LIMIT $2 \
                  FOR UPDATE SKIP LOCKED \
-             ) \
+             ) "
+        };
+        let rows: Vec<ClaimedRow> = sqlx::query_as(&format!(
+            "{next}\
              UPDATE outbox o \
              SET attempts = o.attempts + 1, fence = o.fence + 1, \
                  visible_at = now() + $3 * interval '1 millisecond' \
              FROM next WHERE o.id = next.id \
-             RETURNING o.id, o.fence, o.attempts, o.headers, o.created_at, o.body, o.last_error",
-        )
+             RETURNING o.id, o.fence, o.attempts, o.headers, o.created_at, o.body, o.last_error"
+        ))
         .bind(&*self.stage)
         .bind(self.config.batch_size)
         .bind(self.config.lease.as_millis() as f64)
@@ -207,6 +227,18 @@ impl Outbox {
     /// Gives a failed row back: visible again after the backoff for its attempt count, or
     /// dead-lettered when it has had `max_attempts` claims.
     pub async fn retry<M>(&self, row: &Claimed<M>, error: &str) -> Result<RetryOutcome, Error> {
+        self.retry_after(row, error, None).await
+    }
+
+    /// [`retry`](Self::retry) after `after` instead of the backoff, when given (what an HTTP
+    /// `Retry-After` asked for, capped at [`MAX_RETRY_AFTER`] or `backoff_max`, whichever is
+    /// longer).
+    pub async fn retry_after<M>(
+        &self,
+        row: &Claimed<M>,
+        error: &str,
+        after: Option<Duration>,
+    ) -> Result<RetryOutcome, Error> {
         if row.attempts >= self.config.max_attempts {
             return Ok(if self.dead_letter(row.id, row.fence, error).await? {
                 RetryOutcome::DeadLettered
@@ -214,7 +246,10 @@ impl Outbox {
                 RetryOutcome::LeaseLost
             });
         }
-        let delay = self.config.backoff(row.attempts, &mut rand::rng());
+        let delay = match after {
+            Some(after) => after.min(self.config.backoff_max.max(MAX_RETRY_AFTER)),
+            None => self.config.backoff(row.attempts, &mut rand::rng()),
+        };
         let updated = sqlx::query(
             "UPDATE outbox SET visible_at = now() + $3 * interval '1 millisecond', last_error = $4 \
              WHERE id = $1 AND fence = $2",
@@ -306,6 +341,54 @@ pub async fn dead_letter_in_hand_off(
          SELECT id, stage, body, headers, attempts, created_at, $2 FROM outbox WHERE id = $1",
     )
     .bind(id)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a claimed row's partial progress: replaces its body by `remaining` (what is left to
+/// do) and its headers, keeping its id (its place in an ordered stage), its claim and its attempt
+/// count; false if the lease was lost. For a handler whose work has effects outside the
+/// database that cannot be undone (a delivery): when it fails midway it records what is left in
+/// a transaction of its own, then returns its error, and the row is retried with only the rest.
+pub async fn record_progress<M: Message>(
+    conn: &mut PgConnection,
+    id: i64,
+    fence: i64,
+    remaining: &M,
+    headers: &Headers,
+) -> Result<bool, sqlx::Error> {
+    let updated =
+        sqlx::query("UPDATE outbox SET body = $3, headers = $4 WHERE id = $1 AND fence = $2")
+            .bind(id)
+            .bind(fence)
+            .bind(remaining.encode_to_vec())
+            .bind(crate::enqueue::headers_json(headers))
+            .execute(conn)
+            .await?
+            .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Dead-letters `body` as a new row of `stage`, inside the hand-off transaction `conn` is in: for
+/// a handler that learns that one item of a claimed row can never succeed, and acks the row
+/// after handing the rest on. The dead letter takes a fresh id of `outbox`'s sequence;
+/// replaying it puts it back into `stage`.
+pub async fn dead_letter_new_in_hand_off<M: Message>(
+    conn: &mut PgConnection,
+    stage: &str,
+    body: &M,
+    headers: &Headers,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox_dead_letters (id, stage, body, headers, attempts, created_at, last_error) \
+         VALUES (nextval(pg_get_serial_sequence('outbox', 'id')), $1, $2, $3, 1, now(), $4)",
+    )
+    .bind(stage)
+    .bind(body.encode_to_vec())
+    .bind(crate::enqueue::headers_json(headers))
     .bind(error)
     .execute(conn)
     .await?;

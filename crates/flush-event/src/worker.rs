@@ -53,6 +53,12 @@ pub trait Handler: Send + Sync + 'static {
     fn is_transient(&self, _error: &Self::Error) -> bool {
         false
     }
+
+    /// How long a row that failed with `error` should wait before its next attempt, when the
+    /// error says (an HTTP `Retry-After`); `None` (the default): the outbox's backoff.
+    fn retry_after(&self, _error: &Self::Error) -> Option<Duration> {
+        None
+    }
 }
 
 /// What became of one claimed batch, for [`Handler::observe`].
@@ -214,7 +220,8 @@ async fn process<H: Handler>(
         Err(error) => error,
     };
     if rows.len() == 1 {
-        isolate(outbox, handler, &rows[0], error.to_string()).await;
+        let after = failure_retry_after(handler, &error);
+        isolate(outbox, handler, &rows[0], error.to_string(), after).await;
         return Unfinished { failed: 1, lease_lost: 0 };
     }
     tracing::warn!(stage = outbox.stage(), batch = rows.len(), %error, "batch failed; isolating rows");
@@ -226,7 +233,8 @@ async fn process<H: Handler>(
             Err(Failure::Outbox(Error::LeaseLost { .. })) => unfinished.lease_lost += 1,
             Err(error) => {
                 unfinished.failed += 1;
-                isolate(outbox, handler, &row, error.to_string()).await;
+                let after = failure_retry_after(handler, &error);
+                isolate(outbox, handler, &row, error.to_string(), after).await;
             }
         }
     }
@@ -239,9 +247,10 @@ async fn isolate<H: Handler>(
     handler: &H,
     row: &Claimed<H::Message>,
     error: String,
+    after: Option<Duration>,
 ) {
     let Some(halves) = handler.split(&row.body) else {
-        return retry(outbox, row, error).await;
+        return retry(outbox, row, error, after).await;
     };
     match outbox.replace(row, [halves.0, halves.1]).await {
         Ok(true) => tracing::warn!(
@@ -250,7 +259,7 @@ async fn isolate<H: Handler>(
         Ok(false) => {}
         Err(split_error) => {
             tracing::warn!(stage = outbox.stage(), row = row.id, error = %split_error, "could not split row");
-            retry(outbox, row, error).await;
+            retry(outbox, row, error, after).await;
         }
     }
 }
@@ -266,10 +275,17 @@ async fn hand_off<H: Handler>(
     tx.commit().await.map_err(|e| Failure::Outbox(e.into()))
 }
 
+fn failure_retry_after<H: Handler>(handler: &H, failure: &Failure<H::Error>) -> Option<Duration> {
+    match failure {
+        Failure::Handler(error) => handler.retry_after(error),
+        Failure::Outbox(_) => None,
+    }
+}
+
 // Takes the message, not the `Failure`: a reference held across the await would make the worker's
 // future `Send` only for `Sync` handler errors.
-async fn retry<M>(outbox: &Outbox, row: &Claimed<M>, message: String) {
-    match outbox.retry(row, &message).await {
+async fn retry<M>(outbox: &Outbox, row: &Claimed<M>, message: String, after: Option<Duration>) {
+    match outbox.retry_after(row, &message, after).await {
         Ok(RetryOutcome::Retried(delay)) => tracing::warn!(
             stage = outbox.stage(), row = row.id, attempts = row.attempts,
             retry_in_ms = delay.as_millis() as u64, error = %message, "row failed; will retry"

@@ -36,6 +36,12 @@ pub enum Command {
     /// Eye's outbox or (with --database-url and --schema) of a producer's.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Subscriptions: deliver stored events that match a filter to a webhook or to NATS
+    /// JetStream (`eye-delivery` delivers them; `eye dev` runs it).
+    #[command(subcommand)]
+    Subscriptions(SubscriptionsCommand),
+    /// Run the delivery service (as the `eye-delivery` binary does) until SIGTERM.
+    Delivery,
     /// A producer's own outbox: `eye outbox migrate` installs its tables in your database.
     #[command(subcommand)]
     Outbox(OutboxCommand),
@@ -81,7 +87,7 @@ A crash at any moment loses nothing and stores nothing twice: a file sent again 
 DUPLICATE and archived then.";
 
 const DEV_HELP: &str = "\
-Run the whole pipeline locally, in one process: ingest, validator, writer and query.
+Run the whole pipeline locally, in one process: ingest, validator, writer, delivery and query.
 
 What it starts and where:
   - Postgres: DATABASE_URL if set, else a private server with its data in ./.eye/pg (started, or
@@ -227,6 +233,10 @@ pub enum DlqCommand {
         /// Only this outbox stage (`validate`, `write`; `eye` in a producer's outbox).
         #[arg(long)]
         stage: Option<String>,
+        /// Only the dead letters of this subscription (events its destination refused, or that
+        /// ran out of attempts).
+        #[arg(long, conflicts_with = "stage")]
+        subscription: Option<String>,
         /// Most rows to show.
         #[arg(long, default_value_t = 100)]
         limit: i64,
@@ -239,6 +249,9 @@ pub enum DlqCommand {
         /// Only dead letters of this stage.
         #[arg(long)]
         stage: Option<String>,
+        /// Only dead letters of this subscription.
+        #[arg(long, conflicts_with = "stage")]
+        subscription: Option<String>,
         /// These dead letters (repeatable); without ids, every dead letter (of `--stage`).
         #[arg(long = "id")]
         ids: Vec<i64>,
@@ -248,6 +261,79 @@ pub enum DlqCommand {
         #[command(flatten)]
         place: OutboxPlace,
     },
+}
+
+const CREATE_HELP: &str = "\
+Create a subscription: the events stored from now on (or, with --from, since then) that match
+the filter are delivered to the destination, at least once.
+
+--webhook URL: POSTs of {\"subscription\": NAME, \"events\": [...]}, signed per Standard Webhooks
+(webhook-id, webhook-timestamp, webhook-signature); the signing secret (whsec_...) is printed
+alone on the last line of stdout, once. A retried batch keeps its webhook-id: dedupe on it.
+
+--nats URL: one JetStream message per event on eye.<application>.<category>.<name> with
+Nats-Msg-Id = the event id. The stream must exist (subjects eye.>, see docs/delivery.md), or
+pass --create-stream.
+
+--ordered: one batch at a time, in storage order; each event carries `sequence` (1, 2, 3, ...).
+
+Filters work as for `eye events`; --contains takes a JSON object the payload must contain, e.g.
+--contains '{\"client\": \"Client_A\"}' for one client's queue.";
+
+#[derive(Debug, Subcommand)]
+pub enum SubscriptionsCommand {
+    /// Create a subscription (prints a webhook's signing secret alone on the last line).
+    #[command(long_about = CREATE_HELP)]
+    Create(CreateSubscriptionArgs),
+    /// Every subscription with its state: delivered, pending, retrying, lag, dead letters.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop delivering (events keep being queued for it; `resume` delivers them).
+    Pause { name: String },
+    /// Deliver again, starting with what was queued meanwhile.
+    Resume { name: String },
+    /// Delete a subscription with its queued batches and dead letters.
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true).args(["webhook", "nats"])))]
+pub struct CreateSubscriptionArgs {
+    /// Its name: letters, digits, '.', '_', '-' (it labels metrics and webhook bodies).
+    pub name: String,
+    /// Deliver to this webhook (http:// or https://).
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Deliver to NATS JetStream on this server (nats://host:4222).
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Only events of this application (its name).
+    #[arg(long)]
+    pub application: Option<String>,
+    /// Only events of this category.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Only events of this name (with or without --category).
+    #[arg(long = "name", value_name = "NAME")]
+    pub name_filter: Option<String>,
+    /// Only events whose payload contains this JSON object.
+    #[arg(long)]
+    pub contains: Option<String>,
+    /// Backfill the events stored since then (RFC 3339, or an age like 2h, 7d) before going live.
+    #[arg(long, value_parser = parse_instant)]
+    pub from: Option<DateTime<Utc>>,
+    /// Deliver one batch at a time, in storage order, with sequence numbers.
+    #[arg(long)]
+    pub ordered: bool,
+    /// With --nats: create the stream EYE on subjects `eye.>` if it does not exist.
+    #[arg(long, requires = "nats")]
+    pub create_stream: bool,
+    /// With --create-stream: the stream's replicas (3 on a 3-node cluster).
+    #[arg(long, default_value_t = 1, requires = "create_stream")]
+    pub replicas: usize,
 }
 
 impl DlqCommand {

@@ -52,7 +52,7 @@ pub fn adapt_telemetry(command: &Command, telemetry: &mut TelemetrySettings) {
             // healthy start prints. `RUST_LOG=info eye dev` shows the services' progress.
             Command::Dev(_) => "warn".into(),
             // A long-running service: its start, and what it refuses.
-            Command::Relay(_) => "info,sqlx=warn".into(),
+            Command::Relay(_) | Command::Delivery => "info,sqlx=warn".into(),
             _ => "warn".into(),
         };
     }
@@ -100,6 +100,15 @@ async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             }
             let pool = database::admin_pool(&settings).await?;
             commands::dlq::run(&pool, command).await
+        }
+        Command::Subscriptions(command) => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::subscriptions::run(&pool, command).await
+        }
+        Command::Delivery => {
+            let shutdown = eye_service::shutdown::on_signal();
+            eye_delivery::Application::build(settings).await?.run_until_stopped(shutdown).await?;
+            Ok(())
         }
         Command::Outbox(cli::OutboxCommand::Migrate { database_url, schema }) => {
             let applied = flush_event::install::install(&database_url, &schema).await?;

@@ -90,7 +90,14 @@ impl Handler for Writer {
             columns.schema_version.push((version > 0).then_some(version));
         }
         let stored = store::insert(conn, &columns).await?;
-        tracing::debug!(rows = rows.len(), events = columns.len(), stored, "batch written");
+        tracing::debug!(
+            rows = rows.len(),
+            events = columns.len(),
+            stored = stored.events,
+            subscriptions = stored.matched.len(),
+            "batch written"
+        );
+        store::enqueue_deliveries(conn, stored.matched).await?;
         self.metrics.stage().observe_events(stage::WRITE, columns.len());
         drop(spans);
         Ok(())

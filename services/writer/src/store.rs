@@ -3,7 +3,7 @@
 use std::{collections::HashSet, sync::Mutex};
 
 use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
-use eye_service::pipeline::channel;
+use eye_service::pipeline::{channel, delivery};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -77,19 +77,55 @@ impl Rows {
     }
 }
 
+/// The stored events of one batch that match one subscription, in storage order.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Matched {
+    pub subscription: Uuid,
+    pub ordered: bool,
+    pub application_id: Vec<Uuid>,
+    pub event_id: Vec<Uuid>,
+    pub occurred_at: Vec<DateTime<Utc>>,
+}
+
+/// A row of [`insert`]'s statement: the stored count, and a matched subscription (none when
+/// nothing matched).
+#[derive(sqlx::FromRow)]
+struct Found {
+    stored: i64,
+    id: Option<Uuid>,
+    ordered: Option<bool>,
+    apps: Option<Vec<Uuid>>,
+    ids: Option<Vec<Uuid>>,
+    times: Option<Vec<DateTime<Utc>>>,
+}
+
+/// What [`insert`] did.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// Events that were new (redeliveries of stored events are not counted, nor matched).
+    pub events: u64,
+    /// For each `live` subscription (paused or not) that some new event matches, those events, by
+    /// subscription id.
+    pub matched: Vec<Matched>,
+}
+
 /// Inserts `rows` (already sorted by application and event id, so concurrent writers take row
-/// locks in one order) and upserts their sessions, in one statement. Returns how many events were
-/// new.
-pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::Error> {
-    let stored: i64 = sqlx::query_scalar(
+/// locks in one order), upserts their sessions and matches the new ones against the
+/// subscriptions, in one statement.
+///
+/// `stored_at` is the clock at the insert, not the transaction's start: a statement that
+/// waited for `eye_subscriptions_fence` (a backfill catching up, see `eye-delivery`) stores a
+/// time after the fence, so "stored before the fence" and "enqueued live" never overlap.
+pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<Stored, sqlx::Error> {
+    let found: Vec<Found> = sqlx::query_as(
         "WITH inserted AS ( \
              INSERT INTO events (application_id, event_id, session_id, category, name, data, \
-                                 occurred_at, received_at, schema_version) \
-             SELECT a, e, s, c, n, d::jsonb, o, r, v \
+                                 occurred_at, received_at, stored_at, schema_version) \
+             SELECT a, e, s, c, n, d::jsonb, o, r, clock_timestamp(), v \
              FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], \
                          $7::timestamptz[], $8::timestamptz[], $9::int[]) AS t(a, e, s, c, n, d, o, r, v) \
              ON CONFLICT DO NOTHING \
-             RETURNING session_id, application_id, occurred_at \
+             RETURNING session_id, application_id, event_id, occurred_at, category, name, data \
          ), upserted AS ( \
              INSERT INTO sessions (session_id, first_seen_at, last_seen_at, event_count, application_ids) \
              SELECT session_id, min(occurred_at), max(occurred_at), count(*), array_agg(DISTINCT application_id) \
@@ -103,8 +139,17 @@ pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::E
                      ELSE ARRAY(SELECT DISTINCT unnest(sessions.application_ids || excluded.application_ids)) END, \
                  updated_at = now() \
              RETURNING 1 \
+         ), matched AS ( \
+             SELECT s.id, s.ordered, \
+                    array_agg(i.application_id ORDER BY i.application_id, i.event_id) AS apps, \
+                    array_agg(i.event_id ORDER BY i.application_id, i.event_id) AS ids, \
+                    array_agg(i.occurred_at ORDER BY i.application_id, i.event_id) AS times \
+             FROM inserted i JOIN subscriptions s ON s.state = 'live' \
+                  AND eye_subscription_matches(s, i.application_id, i.category, i.name, i.data) \
+             GROUP BY s.id, s.ordered \
          ) \
-         SELECT count(*) FROM inserted",
+         SELECT (SELECT count(*) FROM inserted) AS stored, m.id, m.ordered, m.apps, m.ids, m.times \
+         FROM (SELECT 1) AS one LEFT JOIN matched m ON true ORDER BY m.id",
     )
     .bind(&rows.application_id)
     .bind(&rows.event_id)
@@ -115,8 +160,44 @@ pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<u64, sqlx::E
     .bind(&rows.occurred_at)
     .bind(&rows.received_at)
     .bind(&rows.schema_version)
-    .fetch_one(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify($1, 'events')").bind(channel::STORED).execute(conn).await?;
-    Ok(stored as u64)
+    let mut stored = Stored::default();
+    for row in found {
+        stored.events = row.stored as u64;
+        if let (
+            Some(subscription),
+            Some(ordered),
+            Some(application_id),
+            Some(event_id),
+            Some(occurred_at),
+        ) = (row.id, row.ordered, row.apps, row.ids, row.times)
+        {
+            stored.matched.push(Matched {
+                subscription,
+                ordered,
+                application_id,
+                event_id,
+                occurred_at,
+            });
+        }
+    }
+    Ok(stored)
+}
+
+/// Enqueues, in the hand-off transaction `conn` is in, one delivery row per matched
+/// subscription (in subscription id order, as [`insert`] returns them).
+pub async fn enqueue_deliveries(
+    conn: &mut PgConnection,
+    matched: Vec<Matched>,
+) -> Result<(), sqlx::Error> {
+    for found in matched {
+        let keys = (found.application_id.into_iter().zip(found.event_id))
+            .zip(found.occurred_at)
+            .map(|((application, event), at)| (application, event, at.timestamp_micros()))
+            .collect();
+        delivery::enqueue(conn, found.subscription, found.ordered, keys).await?;
+    }
+    Ok(())
 }

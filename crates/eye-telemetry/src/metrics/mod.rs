@@ -18,9 +18,10 @@
 //! # Layout
 //! - this module: [`Metrics`], the registry, its histogram shapes and labels, and the
 //!   database-pool collector;
-//! - [`ingest`], [`stage`], [`validation`], [`outbox`]: one group of families each, registered
+//! - [`ingest`], [`stage`], [`validation`], [`outbox`], [`delivery`]: one group of families each, registered
 //!   the first time a service asks for it.
 
+mod delivery;
 mod ingest;
 mod outbox;
 mod stage;
@@ -48,7 +49,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use self::{
-    ingest::IngestMetrics, outbox::OutboxMetrics, stage::StageMetrics,
+    delivery::DeliveryMetrics, ingest::IngestMetrics, outbox::OutboxMetrics, stage::StageMetrics,
     validation::ValidationMetrics,
 };
 
@@ -98,6 +99,7 @@ struct Inner {
     stage: OnceLock<StageMetrics>,
     validation: OnceLock<ValidationMetrics>,
     outbox: OnceLock<OutboxMetrics>,
+    delivery: OnceLock<DeliveryMetrics>,
     pools: OnceLock<Arc<Pools>>,
     outbox_sampled: AtomicBool,
 }
@@ -135,6 +137,11 @@ impl Metrics {
     /// The outbox's state per stage (registered on first use; see [`sample_outbox`](Self::sample_outbox)).
     pub fn outbox(&self) -> &OutboxMetrics {
         self.group(&self.inner.outbox, OutboxMetrics::register)
+    }
+
+    /// `eye-delivery`'s families, labelled by subscription (registered on first use).
+    pub fn delivery(&self) -> &DeliveryMetrics {
+        self.group(&self.inner.delivery, DeliveryMetrics::register)
     }
 
     /// Reports `pool`'s connections (in use, idle, maximum) in `eye_db_connections_*`, read at

@@ -45,6 +45,7 @@ pub fn config() -> OutboxConfig {
         backoff_base: Duration::from_secs(10),
         backoff_max: Duration::from_secs(3600),
         poll_interval: Duration::from_secs(60),
+        ordered: false,
     }
 }
 

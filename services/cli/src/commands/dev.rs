@@ -9,7 +9,7 @@
 //!    instant; `eye dev stop` stops it).
 //! 3. Migrations, then the example schemas of `schemas/` (unchanged ones are no-ops).
 //! 4. Ingest and query, then the metrics endpoint (binding their ports first, so a busy port
-//!    fails before anything is issued), the validator and the writer, all on `--host`
+//!    fails before anything is issued), the validator, the writer and delivery, all on `--host`
 //!    (loopback by default).
 //! 5. The key of the application `dev` (ingest + read): the one in `dev.env` while it is valid,
 //!    else a new one. It is printed last, alone on its line, after the `export` block.
@@ -260,6 +260,8 @@ async fn serve(dir: &Path, host: &str, mut settings: Settings) -> anyhow::Result
         eye_validator::Application::build_with_metrics(settings.clone(), metrics.clone()).await?;
     let writer =
         eye_writer::Application::build_with_metrics(settings.clone(), metrics.clone()).await?;
+    let delivery =
+        eye_delivery::Application::build_with_metrics(settings.clone(), metrics.clone()).await?;
     if shutdown.is_cancelled() {
         // Stopped while starting: issue no key nobody will see.
         return Ok(());
@@ -291,6 +293,8 @@ async fn serve(dir: &Path, host: &str, mut settings: Settings) -> anyhow::Result
         .spawn(named("validator", async move { Ok(validator.run_until_stopped(token).await?) }));
     let token = shutdown.clone();
     services.spawn(named("writer", async move { Ok(writer.run_until_stopped(token).await?) }));
+    let token = shutdown.clone();
+    services.spawn(named("delivery", async move { Ok(delivery.run_until_stopped(token).await?) }));
     let stop_metrics = shutdown.clone();
     let metrics_port = metrics_server.port();
     let routes = http::metrics_routes(metrics);
@@ -345,7 +349,7 @@ fn banner(
     reused: bool,
 ) -> String {
     let mut banner = String::from(
-        "eye dev: ingest, validator, writer and query are running; Ctrl-C stops them\n",
+        "eye dev: ingest, validator, writer, delivery and query are running; Ctrl-C stops them\n",
     );
     for (category, name, registration) in registered {
         banner

@@ -1,13 +1,17 @@
 //! `eye dlq list|replay`: the outbox's dead letters, through `eye_admin::dead_letters`.
 
-use eye_admin::dead_letters::{self, Selection};
+use eye_admin::{
+    dead_letters::{self, Selection},
+    subscriptions,
+};
 use sqlx::PgPool;
 
 use crate::{cli::DlqCommand, commands::format_time, database, table};
 
 pub async fn run(pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
     match command {
-        DlqCommand::List { stage, limit, .. } => {
+        DlqCommand::List { stage, subscription, limit, .. } => {
+            let stage = stage_of(pool, stage, subscription).await?;
             let dead =
                 dead_letters::list(pool, stage.as_deref(), limit).await.map_err(database::admin)?;
             if dead.is_empty() {
@@ -32,7 +36,8 @@ pub async fn run(pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        DlqCommand::Replay { stage, ids, all, .. } => {
+        DlqCommand::Replay { stage, subscription, ids, all, .. } => {
+            let stage = stage_of(pool, stage, subscription).await?;
             let selection =
                 if all && ids.is_empty() { Selection::All } else { Selection::Ids(ids) };
             let replayed = dead_letters::replay(pool, stage.as_deref(), &selection)
@@ -42,4 +47,16 @@ pub async fn run(pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The stage to look at: `--stage`, or the one of `--subscription`.
+async fn stage_of(
+    pool: &PgPool,
+    stage: Option<String>,
+    subscription: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    Ok(match subscription {
+        Some(name) => Some(subscriptions::get(pool, &name).await.map_err(database::admin)?.stage()),
+        None => stage,
+    })
 }

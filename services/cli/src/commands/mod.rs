@@ -15,6 +15,7 @@ pub mod schemas;
 pub mod send;
 pub mod session;
 pub mod stats;
+pub mod subscriptions;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 

@@ -540,3 +540,83 @@ async fn dlq_lists_and_replays_dead_letters() {
         sqlx::query_scalar("SELECT id FROM outbox_dead_letters").fetch_all(&db.pool).await.unwrap();
     assert_eq!(left, [42]);
 }
+
+#[tokio::test]
+async fn subscriptions_are_created_listed_paused_resumed_and_deleted() {
+    let db = TestDb::new().await;
+    eye(&db.url, &["apps", "create", "shop"]).await.success();
+    let created = eye(
+        &db.url,
+        &[
+            "subscriptions",
+            "create",
+            "client-a",
+            "--webhook",
+            "https://triage.example/hooks/a",
+            "--application",
+            "shop",
+            "--contains",
+            r#"{"client": "Client_A"}"#,
+            "--ordered",
+        ],
+    )
+    .await
+    .success();
+    let secret = created.stdout.lines().last().expect("a last line");
+    assert!(secret.starts_with("whsec_") && secret.len() > 40, "{}", created.stdout);
+
+    let nats = eye(
+        &db.url,
+        &["subscriptions", "create", "bus", "--nats", "nats://127.0.0.1:4222", "--from", "1h"],
+    )
+    .await
+    .success();
+    assert!(nats.stdout.contains("backfilling from"), "{}", nats.stdout);
+    assert!(!nats.stdout.contains("whsec_"), "NATS has no secret: {}", nats.stdout);
+
+    // Refusals name the problem.
+    let twice = eye(&db.url, &["subscriptions", "create", "bus", "--nats", "nats://x:4222"])
+        .await
+        .failure();
+    assert!(twice.stderr.contains("already exists"), "{}", twice.stderr);
+    let bad =
+        eye(&db.url, &["subscriptions", "create", "x", "--webhook", "ftp://x"]).await.failure();
+    assert!(bad.stderr.contains("http:// or https://"), "{}", bad.stderr);
+    let no_app = eye(
+        &db.url,
+        &["subscriptions", "create", "y", "--webhook", "http://x", "--application", "nope"],
+    )
+    .await
+    .failure();
+    assert!(no_app.stderr.contains("no application named `nope`"), "{}", no_app.stderr);
+    // A usage error: clap's exit status 2.
+    let both = eye(
+        &db.url,
+        &["subscriptions", "create", "z", "--webhook", "http://x", "--nats", "nats://x"],
+    )
+    .await;
+    assert_eq!(both.status.code(), Some(2));
+    assert!(both.stderr.contains("cannot be used with"), "{}", both.stderr);
+
+    let listed = eye(&db.url, &["subscriptions", "list"]).await.success();
+    assert!(listed.stdout.contains("client-a") && listed.stdout.contains("application=shop"));
+    assert!(listed.stdout.contains("(ordered)") && listed.stdout.contains("backfilling"));
+    assert!(!listed.stdout.contains(secret), "the secret is shown once");
+
+    let paused = eye(&db.url, &["subscriptions", "pause", "client-a"]).await.success();
+    assert!(paused.stdout.contains("paused"), "{}", paused.stdout);
+    let json = eye(&db.url, &["subscriptions", "list", "--json"]).await.success();
+    let first: serde_json::Value =
+        serde_json::from_str(json.stdout.lines().find(|l| l.contains("client-a")).unwrap())
+            .unwrap();
+    assert_eq!(first["paused"], true);
+    assert_eq!(first["pending"], 0);
+    eye(&db.url, &["subscriptions", "resume", "client-a"]).await.success();
+
+    let empty = eye(&db.url, &["dlq", "list", "--subscription", "client-a"]).await.success();
+    assert!(empty.stdout.contains("no dead letters"), "{}", empty.stdout);
+    let deleted = eye(&db.url, &["subscriptions", "delete", "bus"]).await.success();
+    assert!(deleted.stdout.contains("deleted"), "{}", deleted.stdout);
+    let gone = eye(&db.url, &["subscriptions", "delete", "bus"]).await.failure();
+    assert!(gone.stderr.contains("no subscription named `bus`"), "{}", gone.stderr);
+}
