@@ -475,7 +475,10 @@ async fn delivery_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
 
 /// A webhook receiver answering 200 to every POST, on a free port; returns its URL.
 async fn webhook_receiver() -> anyhow::Result<String> {
-    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    // It reads the body: a server answering before it has, closes the connection under the
+    // sender's feet.
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(|_body: axum::body::Bytes| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/hook", listener.local_addr()?);
     tokio::spawn(async move {

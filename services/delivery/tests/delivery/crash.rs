@@ -18,6 +18,18 @@ use crate::{
     status, subscribe,
 };
 
+/// Delivery processes, killed if the test fails midway (none outlives it).
+struct Processes(Vec<Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn spawn_delivery(env: &Env) -> Child {
     Command::new(env!("CARGO_BIN_EXE_eye-delivery"))
         .env("EYE__DATABASE__URL", &env.db.url)
@@ -98,7 +110,7 @@ async fn nothing_acknowledged_is_lost_or_misdelivered_while_delivery_processes_a
     };
     let (want_a, want_b) = (want("Client_A"), want("Client_B"));
 
-    let mut processes = vec![spawn_delivery(&env), spawn_delivery(&env)];
+    let mut processes = Processes(vec![spawn_delivery(&env), spawn_delivery(&env)]);
     let sending = {
         let events = sent.clone();
         let pipeline_client = env.pipeline.client().await;
@@ -137,17 +149,17 @@ async fn nothing_acknowledged_is_lost_or_misdelivered_while_delivery_processes_a
         // The chaos schedule itself: the pause is the experiment's variable, not a wait for state.
         tokio::time::sleep(pause).await;
         if kills < 25 {
-            let victim = rand::rng().random_range(0..processes.len());
+            let victim = rand::rng().random_range(0..processes.0.len());
             let signal = if rand::rng().random_bool(0.2) { "-TERM" } else { "-KILL" };
-            eye_test_support::signal(Some(processes[victim].id()), signal);
-            processes[victim].wait().expect("reaped");
-            processes[victim] = spawn_delivery(&env);
+            eye_test_support::signal(Some(processes.0[victim].id()), signal);
+            processes.0[victim].wait().expect("reaped");
+            processes.0[victim] = spawn_delivery(&env);
             kills += 1;
         }
     }
     sending.await.expect("sender");
     assert!(kills >= 5, "only {kills} kills: the run was too short to test anything");
-    for mut process in processes {
+    for process in &mut processes.0 {
         eye_test_support::signal(Some(process.id()), "-TERM");
         let exit = process.wait().expect("reaped");
         assert!(exit.success(), "SIGTERM drains and exits 0: {exit:?}");
