@@ -16,12 +16,15 @@ if [[ ! -x "$venv/bin/python" ]]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "pytest>=8" "grpcio-tools==1.76.0"
+  "pytest>=8" "grpcio-tools==1.76.0" \
+  "pyarrow>=18" "duckdb>=2,<3" "moto[server]>=5" "boto3>=1.35"
 # --force-reinstall --no-deps: always the current source, even at an unchanged version.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
   --force-reinstall --no-deps "$here"
 
 cd "$here"
+# moto_server (test_export.py) is a script of the venv.
+export PATH="$venv/bin:$PATH"
 # The pytest script, not `python -m pytest`: the latter would put the source tree on sys.path.
 exec "$venv/bin/pytest" "$@"

@@ -51,6 +51,9 @@ pub enum Command {
     /// (DIR/<type>/<uuid>.json); with --watch, keep loading new files as they appear.
     #[command(long_about = IMPORT_HELP)]
     Import(ImportArgs),
+    /// Export the store as hive-partitioned Parquet (dt=YYYY-MM-DD/hour=HH/, a _manifest.json
+    /// per hour) to a folder or s3://BUCKET/PREFIX; with --follow, keep it up to date.
+    Export(ExportArgs),
     /// Send one event to an ingest server and print its result.
     Send(SendArgs),
     /// Send a load of generated events through the eye client (batched, retried, optionally
@@ -393,8 +396,13 @@ pub struct SendArgs {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The inbox: DIR/<type>/<uuid>.json.
+    /// The inbox: DIR/<type>/<uuid>.json (with --parquet: an export, a folder or s3://...).
     pub dir: std::path::PathBuf,
+    /// DIR is an `eye export` (a folder or s3://BUCKET/PREFIX): send its events back through
+    /// ingest, event ids kept (a store that has them answers DUPLICATE). Every event goes to the
+    /// key's application.
+    #[arg(long, conflicts_with_all = ["watch", "archive", "delete"])]
+    pub parquet: bool,
     /// Keep running and load new files as they appear (file-system notifications, and a rescan
     /// every --rescan-ms as a fallback) until SIGTERM or Ctrl-C.
     #[arg(long)]
@@ -436,6 +444,38 @@ pub struct ImportArgs {
 
 fn parse_offset(text: &str) -> Result<chrono::FixedOffset, String> {
     text.parse().map_err(|_| format!("{text:?} is not a UTC offset like +02:00"))
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A folder, or s3://BUCKET/PREFIX (credentials and endpoint from AWS_* variables:
+    /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL).
+    pub destination: String,
+    /// Only hours from this time on (RFC 3339, or an age like 7d).
+    #[arg(long, value_parser = parse_instant)]
+    pub from: Option<DateTime<Utc>>,
+    /// Only hours before this time.
+    #[arg(long, value_parser = parse_instant)]
+    pub to: Option<DateTime<Utc>>,
+    /// After exporting, keep running: export each hour once it is --lateness old, and again
+    /// whenever events arrive late for it, until SIGTERM or Ctrl-C.
+    #[arg(long)]
+    pub follow: bool,
+    /// Export quarantined events too, under DEST/errors/.
+    #[arg(long)]
+    pub errors: bool,
+    /// With --follow: how long after its end an hour is exported the first time.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub lateness: Duration,
+    /// With --follow: how often the store is looked at.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Files are split once they reach about this size (uncompressed), in MB.
+    #[arg(long, default_value_t = 128)]
+    pub max_file_mb: u64,
+    /// Print JSON lines (a summary per kind) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

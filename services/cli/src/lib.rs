@@ -119,7 +119,12 @@ async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Import(args) if args.parquet => commands::export::import(args).await,
         Command::Import(args) => commands::import::run(args).await,
+        Command::Export(args) => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::export::run(&pool, args).await
+        }
         Command::Relay(args) => {
             let shutdown = eye_service::shutdown::on_signal();
             eye_relay::run(settings, &args, shutdown).await

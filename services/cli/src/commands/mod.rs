@@ -6,6 +6,7 @@ pub mod dev;
 pub mod dlq;
 pub mod errors;
 pub mod events;
+pub mod export;
 pub mod import;
 pub mod load;
 pub mod migrate;

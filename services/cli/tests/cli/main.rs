@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod dev;
+mod export;
 mod import;
 mod load;
 mod query;
@@ -45,7 +46,7 @@ async fn eye(database_url: &str, args: &[&str]) -> Run {
     eye_with_env(database_url, args, &[]).await
 }
 
-async fn eye_with_env(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+pub(crate) async fn eye_with_env(database_url: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_eye"));
     command.args(args).env("DATABASE_URL", database_url);
     for name in ["EYE_CONFIG", "EYE_API_KEY", "EYE_ENDPOINT", "EYE_QUERY_ENDPOINT", "RUST_LOG"] {
