@@ -3,7 +3,7 @@
 //! Events: every column of `events`; ids as their text form, `data` as JSON text (Postgres's
 //! `jsonb` rendering, so equal payloads are equal strings), times as UTC microseconds
 //! (`timestamp[us, tz=UTC]`), `schema_version` nullable. Errors: every column of `event_errors`
-//! likewise (`data` as sent).
+//! likewise.
 
 use std::sync::Arc;
 
@@ -51,7 +51,7 @@ const EVENTS: Spec = Spec {
 const ERRORS: Spec = Spec {
     table: "event_errors",
     select: "id, application_id::text AS application_id, event_id::text AS event_id, \
-             session_id::text AS session_id, category, name, data, occurred_at, received_at, \
+             session_id::text AS session_id, category, name, data::text AS data, occurred_at, received_at, \
              reason, message, schema_version, failed_at, failures, replayed_at, replay_outcome",
     changed: "greatest(failed_at, coalesce(replayed_at, failed_at))",
     state: "max(greatest(failed_at, coalesce(replayed_at, failed_at)))::text || ':' || sum(failures)::text",

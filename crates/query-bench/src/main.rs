@@ -77,6 +77,10 @@ struct Args {
     /// Print only the JSON summary (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Instead of the queries: export the store with `eye_export` (to a temporary folder) and
+    /// compare with `COPY (SELECT ...) TO STDOUT` of the same rows in the same order.
+    #[arg(long)]
+    export: bool,
 }
 
 /// The questions measured.
@@ -182,6 +186,9 @@ async fn main() -> anyhow::Result<()> {
     let shape = Shape { events: args.events, days: args.days, seed: args.seed };
     let (store, reused) = prepare(&args, &server, &url, shape).await?;
 
+    if args.export {
+        return export_bench(&url, store.events as u64).await;
+    }
     let mut conn = load::connect(&url).await?;
     let partitions: Vec<(String, i64)> = sqlx::query_as(
         "SELECT c.relname::text, c.reltuples::bigint FROM pg_inherits i \
@@ -282,6 +289,58 @@ async fn prepare(
     eye_service::database::MIGRATOR.run(&mut conn).await?;
     let loaded = load::load(&mut conn, shape).await?;
     Ok((loaded, false))
+}
+
+/// The export against a raw COPY of the same rows, and the files against the table.
+async fn export_bench(url: &str, events: u64) -> anyhow::Result<()> {
+    use eye_export::{Destination, Exporter, Kind, Options};
+    let dir = std::env::temp_dir().join(format!("eye-export-bench-{}", Uuid::new_v4().simple()));
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await?;
+    let exporter =
+        Exporter::new(pool.clone(), Destination::parse(dir.to_str().unwrap())?, Options::default());
+    eprintln!("exporting {events} events to {}", dir.display());
+    let summary = exporter.export(Kind::Events, &|_, _| {}).await?;
+    // The same rows, columns and order, as COPY writes them (text), read to the end.
+    let mut conn = load::connect(url).await?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_out_raw(
+            "COPY (SELECT application_id, event_id, session_id, category, name, data, occurred_at, \
+             received_at, stored_at, schema_version FROM events \
+             ORDER BY date_trunc('hour', occurred_at), occurred_at, application_id, event_id) TO STDOUT",
+        )
+        .await?;
+    let mut copy_bytes = 0u64;
+    while let Some(chunk) = futures::TryStreamExt::try_next(&mut copy).await? {
+        copy_bytes += chunk.len() as u64;
+    }
+    drop(copy);
+    let copy_seconds = started.elapsed().as_secs_f64();
+    let (heap, total): (i64, i64) = sqlx::query_as(
+        "SELECT sum(pg_relation_size(c.oid))::int8, sum(pg_total_relation_size(c.oid))::int8 \
+         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let report = serde_json::json!({
+        "events": events,
+        "export": {"hours": summary.hours, "files": summary.files, "rows": summary.rows,
+                   "bytes": summary.bytes, "seconds": summary.seconds,
+                   "rows_per_second": summary.rows as f64 / summary.seconds,
+                   "input_mb_per_second": heap as f64 / 1e6 / summary.seconds,
+                   "output_mb_per_second": summary.bytes as f64 / 1e6 / summary.seconds},
+        "copy_to": {"bytes": copy_bytes, "seconds": copy_seconds,
+                    "rows_per_second": summary.rows as f64 / copy_seconds},
+        "export_to_copy": copy_seconds / summary.seconds,
+        "table_heap_bytes": heap,
+        "table_with_indexes_bytes": total,
+        "files_to_heap": summary.bytes as f64 / heap as f64,
+        "files_to_table_with_indexes": summary.bytes as f64 / total as f64,
+        "machine": harness::machine(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// A fresh key with the `read` role for the application `bench-reader`.

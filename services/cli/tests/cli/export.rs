@@ -149,6 +149,38 @@ async fn an_export_holds_every_event_once_reruns_byte_identically_follows_late_e
     eye_with_env(&db.url, &["export", second.to_str().unwrap()], &[]).await.success();
     assert_eq!(tree(&second), files, "byte-identical");
 
+    // Quarantined events, on request, under errors/: one too far in the future.
+    let future =
+        event(Uuid::new_v4(), "page interaction", "click", json!({}), now + TimeDelta::hours(2));
+    send(&pipeline, &key, vec![future.clone()]).await;
+    eye_test_support::wait_for(
+        &db.pool,
+        Duration::from_secs(60),
+        "the quarantined event",
+        || async {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM event_errors")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    let third = temp_dir("errors");
+    let run =
+        eye_with_env(&db.url, &["export", third.to_str().unwrap(), "--errors", "--json"], &[])
+            .await
+            .success();
+    let errors: serde_json::Value =
+        serde_json::from_str(run.stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        (errors["of"].as_str(), errors["summary"]["rows"].as_u64()),
+        (Some("errors"), Some(1))
+    );
+    let error_files = tree(&third.join("errors"));
+    assert!(error_files.keys().any(|p| p.ends_with("_manifest.json")), "{:?}", error_files.keys());
+    assert_eq!(tree(&third).len(), files.len() + error_files.len(), "events beside errors/");
+
     // A late event for an exported hour: --follow re-exports that hour.
     let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_eye"))
         .args([
@@ -204,7 +236,7 @@ async fn an_export_holds_every_event_once_reruns_byte_identically_follows_late_e
     assert!(onto_itself.stdout.contains("\"duplicate\":361"), "{}", onto_itself.stdout);
     fresh_pipeline.stop().await;
     pipeline.stop().await;
-    for dir in [first, second] {
+    for dir in [first, second, third] {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
