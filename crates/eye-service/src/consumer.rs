@@ -72,21 +72,16 @@ pub enum BuildError {
     Metrics(#[from] std::io::Error),
 }
 
-/// A built, not yet running consumer service `S`: its pool (connecting lazily) and its metrics.
-pub struct Application<S> {
-    pool: PgPool,
-    settings: Settings,
-    endpoint: MetricsEndpoint,
-    service: PhantomData<fn() -> S>,
+/// What every background service (a consumer stage, delivery) is built from: its settings, its
+/// pool (connecting lazily) and where its metrics go.
+#[derive(Debug)]
+pub struct Base {
+    pub pool: PgPool,
+    pub settings: Settings,
+    pub endpoint: MetricsEndpoint,
 }
 
-impl<S> std::fmt::Debug for Application<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("metrics", &self.endpoint).finish_non_exhaustive()
-    }
-}
-
-impl<S: ConsumerService> Application<S> {
+impl Base {
     /// Connects (lazily) to the database and binds the metrics port.
     pub async fn build(settings: Settings) -> Result<Self, BuildError> {
         let endpoint = MetricsEndpoint::bind(&settings.metrics).await?;
@@ -95,28 +90,58 @@ impl<S: ConsumerService> Application<S> {
 
     /// [`build`](Self::build), recording into `metrics` and serving no `/metrics` of its own:
     /// for several services in one process (`eye dev`), whose caller serves `metrics`.
-    pub async fn build_with_metrics(
-        settings: Settings,
-        metrics: Metrics,
-    ) -> Result<Self, BuildError> {
+    pub fn build_with_metrics(settings: Settings, metrics: Metrics) -> Result<Self, BuildError> {
         Self::build_on(settings, MetricsEndpoint::shared(metrics))
     }
 
     fn build_on(settings: Settings, endpoint: MetricsEndpoint) -> Result<Self, BuildError> {
         let pool = database::pool(&settings.database)?;
         endpoint.metrics().watch_pool(&pool);
-        Ok(Self { pool, settings, endpoint, service: PhantomData })
+        Ok(Self { pool, settings, endpoint })
     }
 
     /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
     pub fn metrics_port(&self) -> Option<u16> {
         self.endpoint.port()
     }
+}
+
+/// A built, not yet running consumer service `S`: its pool (connecting lazily) and its metrics.
+pub struct Application<S> {
+    base: Base,
+    service: PhantomData<fn() -> S>,
+}
+
+impl<S> std::fmt::Debug for Application<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("metrics", &self.base.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl<S: ConsumerService> Application<S> {
+    /// Connects (lazily) to the database and binds the metrics port.
+    pub async fn build(settings: Settings) -> Result<Self, BuildError> {
+        Ok(Self { base: Base::build(settings).await?, service: PhantomData })
+    }
+
+    /// [`build`](Self::build), recording into `metrics` and serving no `/metrics` of its own:
+    /// for several services in one process (`eye dev`), whose caller serves `metrics`.
+    pub async fn build_with_metrics(
+        settings: Settings,
+        metrics: Metrics,
+    ) -> Result<Self, BuildError> {
+        Ok(Self { base: Base::build_with_metrics(settings, metrics)?, service: PhantomData })
+    }
+
+    /// The bound port of `/metrics`; `None` when built [with shared metrics](Self::build_with_metrics).
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.base.metrics_port()
+    }
 
     /// Serves metrics, samples the outbox, [prepares](Stage::prepare) the stage, then runs
     /// `consumer.concurrency` claim loops until `shutdown`; each finishes the batch in hand.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let Self { pool, settings, endpoint, .. } = self;
+        let Base { pool, settings, endpoint } = self.base;
         let metrics = endpoint.metrics().clone();
         let consumer = S::consumer_settings(&settings);
         let stage =

@@ -28,7 +28,10 @@ pub mod webhook;
 
 use std::{sync::Arc, time::Duration};
 
-use eye_service::{Settings, consumer::BuildError, database, http::MetricsEndpoint};
+use eye_service::{
+    Settings,
+    consumer::{Base, BuildError},
+};
 use eye_telemetry::metrics::Metrics;
 use flush_event::Waker;
 use sqlx::PgPool;
@@ -40,16 +43,13 @@ const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// A built, not yet running delivery service.
 #[derive(Debug)]
 pub struct Application {
-    pool: PgPool,
-    settings: Settings,
-    endpoint: MetricsEndpoint,
+    base: Base,
 }
 
 impl Application {
     /// Connects (lazily) to the database and binds the metrics port.
     pub async fn build(settings: Settings) -> Result<Self, BuildError> {
-        let endpoint = MetricsEndpoint::bind(&settings.metrics).await?;
-        Self::build_on(settings, endpoint)
+        Ok(Self { base: Base::build(settings).await? })
     }
 
     /// [`build`](Self::build), recording into `metrics` (served by the caller): for `eye dev`.
@@ -57,23 +57,17 @@ impl Application {
         settings: Settings,
         metrics: Metrics,
     ) -> Result<Self, BuildError> {
-        Self::build_on(settings, MetricsEndpoint::shared(metrics))
-    }
-
-    fn build_on(settings: Settings, endpoint: MetricsEndpoint) -> Result<Self, BuildError> {
-        let pool = database::pool(&settings.database)?;
-        endpoint.metrics().watch_pool(&pool);
-        Ok(Self { pool, settings, endpoint })
+        Ok(Self { base: Base::build_with_metrics(settings, metrics)? })
     }
 
     /// The bound port of `/metrics`; `None` when built with shared metrics.
     pub fn metrics_port(&self) -> Option<u16> {
-        self.endpoint.port()
+        self.base.metrics_port()
     }
 
     /// Delivers until `shutdown`; each subscription finishes the batch in hand.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let Self { pool, settings, endpoint } = self;
+        let Base { pool, settings, endpoint } = self.base;
         let metrics = endpoint.metrics().clone();
         let server = endpoint.spawn();
         sample_backlog(pool.clone(), metrics.clone(), shutdown.clone());
