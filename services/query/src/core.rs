@@ -160,8 +160,8 @@ impl Query {
         let (from, to) = time_range(filter.from.as_ref(), filter.to.as_ref())?;
         Ok(EventFilter {
             session_id: uuid("filter.session_id", &filter.session_id)?,
-            category: text(filter.category),
-            name: text(filter.name),
+            category: text("filter.category", filter.category)?,
+            name: text("filter.name", filter.name)?,
             application_id: self.application("filter.application", &filter.application).await?,
             from,
             to,
@@ -175,8 +175,8 @@ impl Query {
         let outcomes = replay_outcomes(&filter.replay_outcomes)?;
         Ok(ErrorFilter {
             reason,
-            category: text(filter.category),
-            name: text(filter.name),
+            category: text("filter.category", filter.category)?,
+            name: text("filter.name", filter.name)?,
             application_id: self.application("filter.application", &filter.application).await?,
             from,
             to,
@@ -196,6 +196,8 @@ impl Query {
         if let Ok(id) = Uuid::parse_str(value) {
             return Ok(Some(id));
         }
+        let Some(value) = text(field, value.to_owned())? else { return Ok(None) };
+        let value = value.as_str();
         match queries::application_id_by_name(&self.pool, value).await? {
             Some(id) => Ok(Some(id)),
             None => Err(QueryError::invalid(

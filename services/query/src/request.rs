@@ -56,8 +56,29 @@ pub(crate) fn page_size(value: i32) -> Result<i32, QueryError> {
     }
 }
 
-pub(crate) fn text(value: String) -> Option<String> {
-    (!value.is_empty()).then_some(value)
+/// Longest text filter (a category, a name, an application name): what ingest accepts for a
+/// category or a name. A longer one could match nothing.
+pub const MAX_TEXT_FILTER_CHARS: usize = 255;
+
+/// A text filter: empty means none. Refused: NUL (Postgres stores no NUL in text, so nothing can
+/// match and the database would refuse the query) and more than [`MAX_TEXT_FILTER_CHARS`].
+pub(crate) fn text(field: &'static str, value: String) -> Result<Option<String>, QueryError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.contains('\0') {
+        return Err(QueryError::invalid(
+            field,
+            "contains a NUL character, which no stored text can",
+        ));
+    }
+    if value.len() > MAX_TEXT_FILTER_CHARS && value.chars().count() > MAX_TEXT_FILTER_CHARS {
+        return Err(QueryError::invalid(
+            field,
+            format!("longer than {MAX_TEXT_FILTER_CHARS} characters, which ingest does not accept"),
+        ));
+    }
+    Ok(Some(value))
 }
 
 pub(crate) fn uuid(field: &'static str, value: &str) -> Result<Option<Uuid>, QueryError> {
@@ -120,11 +141,60 @@ pub(crate) fn data_contains(value: &str) -> Result<Option<serde_json::Value>, Qu
     }
     let json: serde_json::Value = serde_json::from_str(value)
         .map_err(|error| QueryError::invalid(FIELD, format!("not JSON: {error}")))?;
+    if holds_nul(&json) {
+        // jsonb refuses \u0000 (and no stored payload holds one: ingest refuses them).
+        return Err(QueryError::invalid(FIELD, "contains a NUL character (\\u0000)"));
+    }
     match json {
         serde_json::Value::Object(map) if map.is_empty() => Ok(None),
         json @ serde_json::Value::Object(_) => Ok(Some(json)),
         _ => Err(QueryError::invalid(FIELD, "must be a JSON object, e.g. {\"path\": \"/\"}")),
     }
+}
+
+fn holds_nul(json: &serde_json::Value) -> bool {
+    match json {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(holds_nul),
+        serde_json::Value::Object(map) => {
+            map.iter().any(|(key, value)| key.contains('\0') || holds_nul(value))
+        }
+        _ => false,
+    }
+}
+
+/// Every check of a `ListEvents` request that needs no database (all but the application name):
+/// what the fuzz target (`services/query/fuzz`) drives with arbitrary bytes. Never panics.
+pub fn check_list_events_offline(request: pb::ListEventsRequest) -> Result<(), QueryError> {
+    let filter = request.filter.unwrap_or_default();
+    time_range(filter.from.as_ref(), filter.to.as_ref())?;
+    uuid("filter.session_id", &filter.session_id)?;
+    text("filter.category", filter.category)?;
+    text("filter.name", filter.name)?;
+    data_contains(&filter.data_contains)?;
+    page_size(request.page_size)?;
+    let scope = token::ScopeBuilder::new(Kind::Events).finish();
+    event_position(&request.page_token, Kind::Events, scope)?;
+    Ok(())
+}
+
+/// The same for `ListErrors`.
+pub fn check_list_errors_offline(request: pb::ListErrorsRequest) -> Result<(), QueryError> {
+    let filter = request.filter.unwrap_or_default();
+    time_range(filter.from.as_ref(), filter.to.as_ref())?;
+    reason(filter.reason)?;
+    replay_outcomes(&filter.replay_outcomes)?;
+    text("filter.category", filter.category)?;
+    text("filter.name", filter.name)?;
+    page_size(request.page_size)?;
+    if !request.page_token.is_empty() {
+        token::decode(
+            &request.page_token,
+            Kind::Errors,
+            token::ScopeBuilder::new(Kind::Errors).finish(),
+        )?;
+    }
+    Ok(())
 }
 
 /// `ReplayErrors.limit`: 0 means the default.
@@ -166,7 +236,7 @@ pub(crate) fn stats_window(value: Option<prost_types::Duration>) -> Result<Durat
 
 /// `filter.reason`: empty (any), or a known reason code.
 pub(crate) fn reason(value: String) -> Result<Option<String>, QueryError> {
-    let reason = text(value);
+    let reason = text("filter.reason", value)?;
     if let Some(reason) = &reason
         && ErrorReason::from_code(reason).is_none()
     {
@@ -239,5 +309,33 @@ mod tests {
         let bad = prost_types::Timestamp { seconds: 0, nanos: -1 };
         assert_eq!(field(time_range(None, Some(&bad)).unwrap_err()), "filter.to");
         assert_eq!(field(time_range(Some(&at(i64::MAX)), None).unwrap_err()), "filter.from");
+    }
+
+    proptest::proptest! {
+        /// What the fuzz target does, on every test run: arbitrary bytes decoded as requests
+        /// never panic the checks, and every refusal is INVALID_ARGUMENT.
+        #[test]
+        fn arbitrary_requests_are_refused_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            use prost::Message;
+            if let Ok(request) = pb::ListEventsRequest::decode(bytes.as_slice())
+                && let Err(error) = check_list_events_offline(request) {
+                    proptest::prop_assert_eq!(tonic::Status::from(error).code(), tonic::Code::InvalidArgument);
+                }
+            if let Ok(request) = pb::ListErrorsRequest::decode(bytes.as_slice())
+                && let Err(error) = check_list_errors_offline(request) {
+                    proptest::prop_assert_eq!(tonic::Status::from(error).code(), tonic::Code::InvalidArgument);
+                }
+        }
+
+        #[test]
+        fn arbitrary_text_filters_never_reach_the_database_unchecked(text in ".{0,300}") {
+            let request = pb::ListEventsRequest {
+                filter: Some(pb::EventFilter { category: text.clone(), data_contains: format!("{{\"k\": {}}}", serde_json::Value::String(text.clone())), ..Default::default() }),
+                ..Default::default()
+            };
+            let verdict = check_list_events_offline(request);
+            let acceptable = !text.contains('\0') && text.chars().count() <= MAX_TEXT_FILTER_CHARS;
+            proptest::prop_assert_eq!(verdict.is_ok(), acceptable, "{:?}", text);
+        }
     }
 }

@@ -117,7 +117,11 @@ pub fn decode(token: &str, kind: Kind, scope: Scope) -> Result<Position, TokenEr
         Kind::Events | Kind::Session => {
             let (micros, id) = rest.split_at_checked(8).ok_or(TokenError::Garbled)?;
             let micros = i64::from_be_bytes(micros.try_into().map_err(|_| TokenError::Garbled)?);
-            let occurred_at = DateTime::from_timestamp_micros(micros).ok_or(TokenError::Garbled)?;
+            // Within what filters may name (years 1 to 9999): an edited position outside it is
+            // no position of any event, and Postgres could not even compare with it.
+            let occurred_at = DateTime::from_timestamp_micros(micros)
+                .filter(|at| (1..=9999).contains(&chrono::Datelike::year(at)))
+                .ok_or(TokenError::Garbled)?;
             let event_id = Uuid::from_slice(id).map_err(|_| TokenError::Garbled)?;
             Ok(Position::Event { occurred_at, event_id })
         }

@@ -217,6 +217,15 @@ fn authorized_or<T>(key: Option<&str>, message: T) -> tonic::Request<T> {
     }
 }
 
+/// `token` with its position's time moved to 100,000 BC (filter and kind untouched).
+fn tampered(token: &str) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let mut bytes = URL_SAFE_NO_PAD.decode(token).unwrap();
+    let micros: i64 = -100_000 * 365 * 24 * 3_600 * 1_000_000;
+    bytes[10..18].copy_from_slice(&micros.to_be_bytes());
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 fn assert_invalid(status: &tonic::Status, field: &str, request: &str) {
     assert_eq!(status.code(), Code::InvalidArgument, "{request}: {status:?}");
     assert!(
@@ -323,6 +332,16 @@ async fn invalid_arguments_name_the_field() {
         ("page_token", list(EventFilter::default(), 0, "AAAA")),
         // A token of another filter.
         ("page_token", list(filter(|f| f.category = "c".into()), 1, &token)),
+        // Text Postgres cannot store, and filters longer than ingest accepts.
+        ("filter.category", list(filter(|f| f.category = "page\0view".into()), 0, "")),
+        ("filter.name", list(filter(|f| f.name = "n".repeat(256)), 0, "")),
+        ("filter.application", list(filter(|f| f.application = "shop\0".into()), 0, "")),
+        (
+            "filter.data_contains",
+            list(filter(|f| f.data_contains = r#"{"user": "a\u0000b"}"#.into()), 0, ""),
+        ),
+        // A token whose position was edited to a time no event can have.
+        ("page_token", list(EventFilter::default(), 0, &tampered(&token))),
     ];
     for (field, request) in event_cases {
         let status = query.list_events(authorized(request.clone(), &key)).await.unwrap_err();
@@ -380,6 +399,10 @@ async fn invalid_arguments_name_the_field() {
         ),
         ("page_token", errors(ErrorFilter::default(), &token)),
         ("page_size", ListErrorsRequest { page_size: 1_001, ..Default::default() }),
+        (
+            "filter.category",
+            errors(ErrorFilter { category: "\0".into(), ..Default::default() }, ""),
+        ),
     ];
     for (field, request) in error_cases {
         let status = query.list_errors(authorized(request.clone(), &key)).await.unwrap_err();
