@@ -3,6 +3,7 @@
 mod backpressure;
 mod browser_keys;
 mod concurrency;
+mod database_tls;
 mod grpc_web;
 mod hostile;
 mod http;
