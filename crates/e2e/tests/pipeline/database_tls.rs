@@ -43,7 +43,12 @@ async fn services_connect_with_verify_full_and_refuse_a_server_of_another_ca() {
         fallback_key: format!("{}#tls", root.display()),
         durable: false,
     };
-    let pg = Stopped(tokio::task::spawn_blocking(move || LocalPostgres::ensure(&options)).await.unwrap().unwrap());
+    let pg = Stopped(
+        tokio::task::spawn_blocking(move || LocalPostgres::ensure(&options))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
     let (ca_pem, issuer) = ca("eye test CA");
     let server_key = KeyPair::generate().unwrap();
     let server = CertificateParams::new(vec!["localhost".to_owned()])
@@ -87,9 +92,11 @@ async fn services_connect_with_verify_full_and_refuse_a_server_of_another_ca() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let ssl = loop {
         let pool = eye_service::database::pool(&settings(url("verify-full", &good))).unwrap();
-        match sqlx::query_scalar::<_, bool>("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(&pool)
-            .await
+        match sqlx::query_scalar::<_, bool>(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(&pool)
+        .await
         {
             Ok(ssl) => break ssl,
             Err(error) => {
@@ -106,7 +113,8 @@ async fn services_connect_with_verify_full_and_refuse_a_server_of_another_ca() {
     let refused = eye_service::database::pool(&settings(url("verify-full", &wrong))).unwrap();
     let error = sqlx::query("SELECT 1").execute(&refused).await.unwrap_err();
     assert!(
-        matches!(error, sqlx::Error::Tls(_)) || error.to_string().to_lowercase().contains("certificate"),
+        matches!(error, sqlx::Error::Tls(_))
+            || error.to_string().to_lowercase().contains("certificate"),
         "refused for its certificate: {error:?}"
     );
     let _ = std::fs::remove_dir_all(dir);
