@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::{
     error::QueryError,
-    queries::{self, ErrorFilter, EventFilter},
+    queries::{self, ErrorFilter, EventFilter, Readable},
     request::{
         data_contains, error_ids, event_position, page_size, reason, replay_limit, replay_outcomes,
         stats_window, text, time_range, uuid,
@@ -32,10 +32,11 @@ impl Query {
 
     pub async fn list_events(
         &self,
+        readable: &Readable,
         request: pb::ListEventsRequest,
     ) -> Result<pb::ListEventsResponse, QueryError> {
         let page_size = page_size(request.page_size)?;
-        let filter = self.event_filter(request.filter.unwrap_or_default()).await?;
+        let filter = self.event_filter(readable, request.filter.unwrap_or_default()).await?;
         let scope = filter.scope(Kind::Events);
         let after = event_position(&request.page_token, Kind::Events, scope)?;
         let (events, next_page_token) =
@@ -45,15 +46,20 @@ impl Query {
 
     pub async fn get_session(
         &self,
+        readable: &Readable,
         request: pb::GetSessionRequest,
     ) -> Result<pb::GetSessionResponse, QueryError> {
         let page_size = page_size(request.page_size)?;
         let session_id = uuid("session_id", &request.session_id)?
             .ok_or_else(|| QueryError::invalid("session_id", "required"))?;
-        let filter = EventFilter { session_id: Some(session_id), ..EventFilter::default() };
+        let filter = EventFilter {
+            readable: readable.clone(),
+            session_id: Some(session_id),
+            ..EventFilter::default()
+        };
         let after =
             event_position(&request.page_token, Kind::Session, filter.scope(Kind::Session))?;
-        let session = queries::session(&self.pool, session_id)
+        let session = queries::session(&self.pool, readable, session_id)
             .await?
             .ok_or_else(|| QueryError::NotFound(format!("session {session_id}")))?;
         let (events, next_page_token) =
@@ -67,10 +73,11 @@ impl Query {
 
     pub async fn list_errors(
         &self,
+        readable: &Readable,
         request: pb::ListErrorsRequest,
     ) -> Result<pb::ListErrorsResponse, QueryError> {
         let page_size = page_size(request.page_size)?;
-        let filter = self.error_filter(request.filter.unwrap_or_default()).await?;
+        let filter = self.error_filter(readable, request.filter.unwrap_or_default()).await?;
         let scope = filter.scope();
         let before = match request.page_token.as_str() {
             "" => None,
@@ -95,11 +102,12 @@ impl Query {
 
     pub async fn replay_errors(
         &self,
+        readable: &Readable,
         request: pb::ReplayErrorsRequest,
     ) -> Result<pb::ReplayErrorsResponse, QueryError> {
         let limit = replay_limit(request.limit)?;
         error_ids(&request.error_ids)?;
-        let filter = self.error_filter(request.filter.unwrap_or_default()).await?;
+        let filter = self.error_filter(readable, request.filter.unwrap_or_default()).await?;
         if request.error_ids.is_empty() && filter.is_empty() {
             return Err(QueryError::invalid(
                 "error_ids",
@@ -117,13 +125,16 @@ impl Query {
         })
     }
 
+    /// The outbox's stages (depth and lag concern the whole pipeline), and what was stored and
+    /// quarantined in the window, of what `readable` may read.
     pub async fn get_stats(
         &self,
+        readable: &Readable,
         request: pb::GetStatsRequest,
     ) -> Result<pb::GetStatsResponse, QueryError> {
         let window = stats_window(request.window)?;
         let since = Utc::now() - chrono::Duration::from_std(window).expect("at most 7 days");
-        let stats = queries::stats(&self.pool, since).await?;
+        let stats = queries::stats(&self.pool, readable, since).await?;
         Ok(stats_message(stats, since))
     }
 
@@ -156,36 +167,67 @@ impl Query {
     }
 
     /// Checks an event filter as `ListEvents` does (the console's tail takes the same filters).
-    pub async fn event_filter(&self, filter: pb::EventFilter) -> Result<EventFilter, QueryError> {
+    pub async fn event_filter(
+        &self,
+        readable: &Readable,
+        filter: pb::EventFilter,
+    ) -> Result<EventFilter, QueryError> {
         let (from, to) = time_range(filter.from.as_ref(), filter.to.as_ref())?;
         Ok(EventFilter {
+            readable: readable.clone(),
             session_id: uuid("filter.session_id", &filter.session_id)?,
             category: text("filter.category", filter.category)?,
             name: text("filter.name", filter.name)?,
-            application_id: self.application("filter.application", &filter.application).await?,
+            application_id: self
+                .application(readable, "filter.application", &filter.application)
+                .await?,
             from,
             to,
             data_contains: data_contains(&filter.data_contains)?,
         })
     }
 
-    async fn error_filter(&self, filter: pb::ErrorFilter) -> Result<ErrorFilter, QueryError> {
+    async fn error_filter(
+        &self,
+        readable: &Readable,
+        filter: pb::ErrorFilter,
+    ) -> Result<ErrorFilter, QueryError> {
         let (from, to) = time_range(filter.from.as_ref(), filter.to.as_ref())?;
         let reason = reason(filter.reason)?;
         let outcomes = replay_outcomes(&filter.replay_outcomes)?;
         Ok(ErrorFilter {
+            readable: readable.clone(),
             reason,
             category: text("filter.category", filter.category)?,
             name: text("filter.name", filter.name)?,
-            application_id: self.application("filter.application", &filter.application).await?,
+            application_id: self
+                .application(readable, "filter.application", &filter.application)
+                .await?,
             from,
             to,
             outcomes,
         })
     }
 
-    /// An application given by id or by name.
+    /// An application given by id or by name; one `readable` does not cover is refused with
+    /// PERMISSION_DENIED (a key reads its own application's data unless it has `admin`).
     async fn application(
+        &self,
+        readable: &Readable,
+        field: &'static str,
+        value: &str,
+    ) -> Result<Option<Uuid>, QueryError> {
+        let id = self.application_id(field, value).await?;
+        match id {
+            Some(id) if !readable.may_read(id) => Err(eye_service::auth::AuthError::Forbidden(
+                eye_service::auth::Role::Admin.as_str(),
+            )
+            .into()),
+            id => Ok(id),
+        }
+    }
+
+    async fn application_id(
         &self,
         field: &'static str,
         value: &str,

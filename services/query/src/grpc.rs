@@ -8,7 +8,7 @@ use eye_proto::v1 as pb;
 use eye_service::auth::{Authenticator, Principal, Role};
 use tonic::{Request, Response, Status};
 
-use crate::{core::Query, error::QueryError};
+use crate::{core::Query, error::QueryError, queries::Readable};
 
 /// `QueryService` over the shared core.
 #[derive(Debug, Clone)]
@@ -35,8 +35,8 @@ impl pb::query_service_server::QueryService for GrpcQuery {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        self.authenticate(&request).await?;
-        Ok(Response::new(self.core.list_events(request.into_inner()).await?))
+        let readable = Readable::of(&self.authenticate(&request).await?);
+        Ok(Response::new(self.core.list_events(&readable, request.into_inner()).await?))
     }
 
     #[tracing::instrument(name = "GetSession", skip_all)]
@@ -44,8 +44,8 @@ impl pb::query_service_server::QueryService for GrpcQuery {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        self.authenticate(&request).await?;
-        Ok(Response::new(self.core.get_session(request.into_inner()).await?))
+        let readable = Readable::of(&self.authenticate(&request).await?);
+        Ok(Response::new(self.core.get_session(&readable, request.into_inner()).await?))
     }
 
     #[tracing::instrument(name = "ListErrors", skip_all)]
@@ -53,8 +53,8 @@ impl pb::query_service_server::QueryService for GrpcQuery {
         &self,
         request: Request<pb::ListErrorsRequest>,
     ) -> Result<Response<pb::ListErrorsResponse>, Status> {
-        self.authenticate(&request).await?;
-        Ok(Response::new(self.core.list_errors(request.into_inner()).await?))
+        let readable = Readable::of(&self.authenticate(&request).await?);
+        Ok(Response::new(self.core.list_errors(&readable, request.into_inner()).await?))
     }
 
     #[tracing::instrument(name = "ReplayErrors", skip_all, fields(application))]
@@ -65,7 +65,8 @@ impl pb::query_service_server::QueryService for GrpcQuery {
         let principal = self.authenticate(&request).await?;
         // Replay changes state: record who asked.
         tracing::Span::current().record("application", principal.application_id.to_string());
-        Ok(Response::new(self.core.replay_errors(request.into_inner()).await?))
+        let readable = Readable::of(&principal);
+        Ok(Response::new(self.core.replay_errors(&readable, request.into_inner()).await?))
     }
 
     #[tracing::instrument(name = "GetStats", skip_all)]
@@ -73,7 +74,7 @@ impl pb::query_service_server::QueryService for GrpcQuery {
         &self,
         request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        self.authenticate(&request).await?;
-        Ok(Response::new(self.core.get_stats(request.into_inner()).await?))
+        let readable = Readable::of(&self.authenticate(&request).await?);
+        Ok(Response::new(self.core.get_stats(&readable, request.into_inner()).await?))
     }
 }

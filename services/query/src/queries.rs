@@ -39,6 +39,8 @@ use crate::{
 /// Which stored events to read; `None`: no constraint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EventFilter {
+    /// What the caller's key may read (see [`Readable`]); not part of the page-token scope.
+    pub readable: Readable,
     pub session_id: Option<Uuid>,
     pub category: Option<String>,
     pub name: Option<String>,
@@ -128,13 +130,16 @@ pub async fn tail(
 /// Events stored per minute since `since` (minutes without events left out).
 pub async fn stored_per_minute(
     pool: &PgPool,
+    readable: &Readable,
     since: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, i64)>, QueryError> {
     Ok(sqlx::query_as(
         "SELECT date_trunc('minute', stored_at) AS minute, count(*) FROM events \
-         WHERE stored_at >= $1 GROUP BY 1 ORDER BY 1",
+         WHERE stored_at >= $1 AND ($2::uuid[] IS NULL OR application_id = ANY($2)) \
+         GROUP BY 1 ORDER BY 1",
     )
     .bind(since)
+    .bind(readable.ids())
     .fetch_all(pool)
     .await?)
 }
@@ -150,20 +155,23 @@ pub enum By {
 /// Events stored since `since`, by application or by category, the ten largest.
 pub async fn stored_by(
     pool: &PgPool,
+    readable: &Readable,
     since: DateTime<Utc>,
     by: By,
 ) -> Result<Vec<(String, i64)>, QueryError> {
     let sql = match by {
         By::Application => {
             "SELECT a.name, count(*) FROM events e JOIN applications a ON a.id = e.application_id \
-             WHERE e.stored_at >= $1 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
+             WHERE e.stored_at >= $1 AND ($2::uuid[] IS NULL OR e.application_id = ANY($2)) \
+             GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
         }
         By::Category => {
             "SELECT category, count(*) FROM events WHERE stored_at >= $1 \
+             AND ($2::uuid[] IS NULL OR application_id = ANY($2)) \
              GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
         }
     };
-    Ok(sqlx::query_as(sql).bind(since).fetch_all(pool).await?)
+    Ok(sqlx::query_as(sql).bind(since).bind(readable.ids()).fetch_all(pool).await?)
 }
 
 /// What is stored and quarantined of one event type.
@@ -179,30 +187,39 @@ pub struct TypeStats {
 
 /// Per event type (stored or quarantined): counts and first and last storage. A scan of the
 /// store: for the console's schema page, not for hot paths.
-pub async fn type_stats(pool: &PgPool) -> Result<Vec<TypeStats>, QueryError> {
+pub async fn type_stats(pool: &PgPool, readable: &Readable) -> Result<Vec<TypeStats>, QueryError> {
     Ok(sqlx::query_as(
         "WITH stored AS (SELECT category, name, count(*) AS stored, min(stored_at) AS first_seen, \
-                                max(stored_at) AS last_seen FROM events GROUP BY 1, 2), \
-              errors AS (SELECT category, name, count(*) AS errors FROM event_errors GROUP BY 1, 2) \
+                                max(stored_at) AS last_seen FROM events \
+                         WHERE $1::uuid[] IS NULL OR application_id = ANY($1) GROUP BY 1, 2), \
+              errors AS (SELECT category, name, count(*) AS errors FROM event_errors \
+                         WHERE $1::uuid[] IS NULL OR application_id = ANY($1) GROUP BY 1, 2) \
          SELECT category, name, coalesce(s.stored, 0) AS stored, s.first_seen, s.last_seen, \
                 coalesce(e.errors, 0) AS errors \
          FROM stored s FULL JOIN errors e USING (category, name) ORDER BY 1, 2",
     )
+    .bind(readable.ids())
     .fetch_all(pool)
     .await?)
 }
 
 /// Quarantined events per type, most first.
-pub async fn error_types(pool: &PgPool) -> Result<Vec<(String, String, i64)>, QueryError> {
+pub async fn error_types(
+    pool: &PgPool,
+    readable: &Readable,
+) -> Result<Vec<(String, String, i64)>, QueryError> {
     Ok(sqlx::query_as(
-        "SELECT category, name, count(*) FROM event_errors GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
+        "SELECT category, name, count(*) FROM event_errors \
+         WHERE $1::uuid[] IS NULL OR application_id = ANY($1) GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2",
     )
+    .bind(readable.ids())
     .fetch_all(pool)
     .await?)
 }
 
 /// The predicates of `filter`.
 fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &EventFilter) {
+    filter.readable.push(query);
     if let Some(session_id) = filter.session_id {
         query.push(" AND session_id = ").push_bind(session_id);
     }
@@ -226,6 +243,44 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &EventFilter) {
     }
 }
 
+/// The applications whose data a caller may read: every one (a key with the `admin` role), or
+/// only these (a key's own application). Every read of events, sessions and errors is narrowed
+/// by it, in SQL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Readable(Option<Vec<Uuid>>);
+
+impl Readable {
+    /// Everything: admin keys, and the server's own reads.
+    pub fn all() -> Self {
+        Self(None)
+    }
+
+    /// What `principal` may read: with `admin`, everything; otherwise its own application.
+    pub fn of(principal: &eye_service::auth::Principal) -> Self {
+        if principal.roles.iter().any(|role| role == eye_service::auth::Role::Admin.as_str()) {
+            Self::all()
+        } else {
+            Self(Some(vec![principal.application_id]))
+        }
+    }
+
+    /// The applications, or `None` for all: bound as `$n::uuid[]` in `($n IS NULL OR
+    /// application_id = ANY($n))`.
+    pub fn ids(&self) -> Option<&[Uuid]> {
+        self.0.as_deref()
+    }
+
+    pub fn may_read(&self, application: Uuid) -> bool {
+        self.0.as_ref().is_none_or(|ids| ids.contains(&application))
+    }
+
+    fn push(&self, query: &mut QueryBuilder<'_, Postgres>) {
+        if let Some(ids) = &self.0 {
+            query.push(" AND application_id = ANY(").push_bind(ids.clone()).push(")");
+        }
+    }
+}
+
 /// The id of the application called `name`.
 pub async fn application_id_by_name(pool: &PgPool, name: &str) -> Result<Option<Uuid>, QueryError> {
     Ok(sqlx::query_scalar("SELECT id FROM applications WHERE name = $1")
@@ -244,12 +299,31 @@ pub struct SessionRow {
     pub application_ids: Vec<Uuid>,
 }
 
-pub async fn session(pool: &PgPool, session_id: Uuid) -> Result<Option<SessionRow>, QueryError> {
+/// A session's summary as `readable` may see it: the writer's row, or (for a key that reads
+/// only some applications) the same figures over those applications' events alone, so that a
+/// session several applications sent to shows a scoped key only its own part.
+pub async fn session(
+    pool: &PgPool,
+    readable: &Readable,
+    session_id: Uuid,
+) -> Result<Option<SessionRow>, QueryError> {
+    let Some(ids) = readable.ids() else {
+        return Ok(sqlx::query_as(
+            "SELECT session_id, first_seen_at, last_seen_at, event_count, application_ids \
+             FROM sessions WHERE session_id = $1",
+        )
+        .bind(session_id)
+        .fetch_optional(pool)
+        .await?);
+    };
     Ok(sqlx::query_as(
-        "SELECT session_id, first_seen_at, last_seen_at, event_count, application_ids \
-         FROM sessions WHERE session_id = $1",
+        "SELECT session_id, min(occurred_at) AS first_seen_at, max(occurred_at) AS last_seen_at, \
+                count(*) AS event_count, array_agg(DISTINCT application_id) AS application_ids \
+         FROM events WHERE session_id = $1 AND application_id = ANY($2) \
+         GROUP BY session_id",
     )
     .bind(session_id)
+    .bind(ids)
     .fetch_optional(pool)
     .await?)
 }
@@ -285,6 +359,8 @@ impl Outcome {
 /// Which quarantined events to select; `None` or empty: no constraint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ErrorFilter {
+    /// What the caller's key may read (see [`Readable`]).
+    pub readable: Readable,
     pub reason: Option<String>,
     pub category: Option<String>,
     pub name: Option<String>,
@@ -297,8 +373,9 @@ pub struct ErrorFilter {
 }
 
 impl ErrorFilter {
+    /// Whether the filter selects nothing in particular (what the key may read aside).
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        *self == Self { readable: self.readable.clone(), ..Self::default() }
     }
 
     pub fn scope(&self) -> Scope {
@@ -325,6 +402,7 @@ impl ErrorFilter {
         if let Some(name) = &self.name {
             query.push(" AND name = ").push_bind(name.clone());
         }
+        self.readable.push(query);
         if let Some(application_id) = self.application_id {
             query.push(" AND application_id = ").push_bind(application_id);
         }
@@ -495,17 +573,27 @@ pub struct Stats {
 }
 
 /// Outbox stages, and what was stored and quarantined since `since`.
-pub async fn stats(pool: &PgPool, since: DateTime<Utc>) -> Result<Stats, QueryError> {
+pub async fn stats(
+    pool: &PgPool,
+    readable: &Readable,
+    since: DateTime<Utc>,
+) -> Result<Stats, QueryError> {
     let stages = flush_event::admin::stage_stats(pool).await?;
-    let events_stored = sqlx::query_scalar("SELECT count(*) FROM events WHERE stored_at >= $1")
-        .bind(since)
-        .fetch_one(pool)
-        .await?;
+    let events_stored = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE stored_at >= $1 \
+         AND ($2::uuid[] IS NULL OR application_id = ANY($2))",
+    )
+    .bind(since)
+    .bind(readable.ids())
+    .fetch_one(pool)
+    .await?;
     let errors_by_reason = sqlx::query_as(
         "SELECT reason, count(*) FROM event_errors WHERE failed_at >= $1 \
+         AND ($2::uuid[] IS NULL OR application_id = ANY($2)) \
          GROUP BY reason ORDER BY 2 DESC, 1",
     )
     .bind(since)
+    .bind(readable.ids())
     .fetch_all(pool)
     .await?;
     Ok(Stats { stages, events_stored, errors_by_reason })

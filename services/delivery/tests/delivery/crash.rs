@@ -118,9 +118,7 @@ async fn nothing_acknowledged_is_lost_or_misdelivered_while_delivery_processes_a
         tokio::spawn(async move {
             let mut client = pipeline_client;
             for batch in events.chunks(1000) {
-                let request =
-                    eye_proto::v1::SendEventsRequest { events: batch.to_vec(), sent_at: None };
-                client.send_events(eye_e2e::authorized(request, &key)).await.expect("send");
+                crate::send_batch(&mut client, &key, batch).await;
             }
         })
     };

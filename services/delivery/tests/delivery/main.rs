@@ -59,9 +59,7 @@ impl Env {
     pub(crate) async fn send(&self, events: Vec<eye_proto::v1::Event>) {
         let mut client = self.pipeline.client().await;
         for batch in events.chunks(500) {
-            let request = SendEventsRequest { events: batch.to_vec(), sent_at: None };
-            let results = client.send_events(authorized(request, &self.key)).await.unwrap();
-            let results: Vec<EventResult> = results.into_inner().results;
+            let results = send_batch(&mut client, &self.key, batch).await;
             assert!(
                 results.iter().all(|r| r.status() == eye_proto::v1::EventStatus::Accepted),
                 "{results:?}"
@@ -86,6 +84,35 @@ impl Env {
     /// Runs a delivery service in this process until the returned token is cancelled.
     pub(crate) async fn delivery(&self) -> Delivery {
         Delivery::start(settings(&self.db)).await
+    }
+}
+
+/// Sends one batch as a well-behaved client does: an answer of UNAVAILABLE or
+/// RESOURCE_EXHAUSTED (a busy machine running the whole test suite) is retried after a pause.
+pub(crate) async fn send_batch(
+    client: &mut eye_proto::v1::ingest_service_client::IngestServiceClient<
+        tonic::transport::Channel,
+    >,
+    key: &str,
+    batch: &[eye_proto::v1::Event],
+) -> Vec<EventResult> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let request = SendEventsRequest { events: batch.to_vec(), sent_at: None };
+        match client.send_events(authorized(request, key)).await {
+            Ok(answer) => return answer.into_inner().results,
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                ) =>
+            {
+                // Backoff of a retrying client, not a wait for some state.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(status) => panic!("send: {status:?}"),
+        }
     }
 }
 

@@ -54,6 +54,14 @@ export class ConsoleDev extends EyeDev {
     return key;
   }
 
+  /** Issues another key of application `name` with `roles`; returns it (the last stdout line). */
+  async issueKey(name, roles) {
+    const out = await this.eye(['apps', 'key', name, ...roles.flatMap((role) => ['--role', role])]);
+    const key = out.trim().split('\n').pop().trim();
+    if (!KEY_LINE.test(key)) throw new Error(`eye apps key ${name}: no key on the last line of:\n${out}`);
+    return key;
+  }
+
   /**
    * One event over gRPC with `eye send` and the dev key; returns {eventId, sessionId}. `data` is an
    * object or a JSON string; `session` a UUID; `timestamp` a Date or an RFC 3339 string.

@@ -31,7 +31,7 @@ import {
 let dev;
 let browser;
 let adminKey; // application `ops`, roles read + admin
-let readKey; // application `analyst`, role read
+let readKey; // application `dev` (whose events the tests send), role read only
 let devAppId; // the id of application `dev` (the dev key's, which `eye send` uses)
 let shownSession; // the session of the session test, for its screenshot
 
@@ -48,7 +48,9 @@ const submit = (form) => SUBMIT.split(', ').map((button) => `${form} ${button}`)
 before(async () => {
   dev = await ConsoleDev.start();
   adminKey = await dev.createApp('ops', ['read', 'admin']);
-  readKey = await dev.createApp('analyst', ['read']);
+  // A read key reads its own application's data: the read-only key is one of `dev`'s.
+  readKey = await dev.issueKey('dev', ['read']);
+  await dev.createApp('analyst', ['read']);
   devAppId = await dev.sql(`SELECT id FROM applications WHERE name = 'dev'`);
   browser = await launchChromium();
 });

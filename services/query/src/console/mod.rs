@@ -139,6 +139,11 @@ pub struct Signed {
 }
 
 impl Signed {
+    /// What this user's key may read: its own application's data, or everything with `admin`.
+    fn readable(&self) -> crate::queries::Readable {
+        crate::queries::Readable::of(&self.principal)
+    }
+
     fn is_admin(&self) -> bool {
         self.principal.roles.iter().any(|role| role == Role::Admin.as_str())
     }

@@ -37,12 +37,12 @@ const MAX_PER_READ: usize = 1_000;
 const READ_LIMIT: i64 = 5_000;
 
 pub(super) async fn stream(
-    _who: Signed,
+    who: Signed,
     State(console): State<Console>,
     headers: HeaderMap,
     Params(params): Params<BTreeMap<String, String>>,
 ) -> Result<axum::response::Response, Failure> {
-    let filter = console.query.event_filter(event_filter(&params)?).await?;
+    let filter = console.query.event_filter(&who.readable(), event_filter(&params)?).await?;
     let resume = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok()?.parse::<i64>().ok())

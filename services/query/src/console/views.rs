@@ -120,14 +120,16 @@ pub(super) async fn overview(
     who: Signed,
     State(console): State<Console>,
 ) -> Result<Response, Failure> {
-    let hour = console.query.get_stats(window(Duration::from_secs(3600))).await?;
+    let readable = who.readable();
+    let hour = console.query.get_stats(&readable, window(Duration::from_secs(3600))).await?;
     let pool = console.query.pool();
     let since = Utc::now() - chrono::Duration::hours(1);
     let day_since = Utc::now() - chrono::Duration::days(1);
-    let minutes = queries::stored_per_minute(pool, since).await?;
-    let day_minutes = queries::stored_per_minute(pool, day_since).await?;
-    let by_application = queries::stored_by(pool, since, queries::By::Application).await?;
-    let by_category = queries::stored_by(pool, since, queries::By::Category).await?;
+    let minutes = queries::stored_per_minute(pool, &readable, since).await?;
+    let day_minutes = queries::stored_per_minute(pool, &readable, day_since).await?;
+    let by_application =
+        queries::stored_by(pool, &readable, since, queries::By::Application).await?;
+    let by_category = queries::stored_by(pool, &readable, since, queries::By::Category).await?;
     // The day's count is the sum of its minutes: no second pass over the store.
     let stored_day: i64 = day_minutes.iter().map(|(_, count)| count).sum();
     let mut body = format!(
@@ -317,7 +319,11 @@ pub(super) async fn explorer(
         page_size: 50,
         page_token: params.get("page_token").cloned().unwrap_or_default(),
     };
-    let answer = console.query.list_events(request).await.map_err(|e| rename_fields(e.into()))?;
+    let answer = console
+        .query
+        .list_events(&who.readable(), request)
+        .await
+        .map_err(|e| rename_fields(e.into()))?;
     let mut body = filter_form("filters", "/events", &params, EXPLORER_FILTERS);
     body.push_str("<table id=\"events\"><tr><th>occurred</th><th>type</th><th>session</th><th>event</th></tr>");
     for event in &answer.events {
@@ -387,10 +393,15 @@ pub(super) async fn session(
 ) -> Result<Response, Failure> {
     let request =
         pb::GetSessionRequest { session_id: id, page_size: 1000, page_token: String::new() };
-    let answer = console.query.get_session(request).await.map_err(|e| match Failure::from(e) {
-        Failure::Invalid(message) => Failure::Invalid(message.replace("session_id", "session")),
-        other => other,
-    })?;
+    let answer =
+        console.query.get_session(&who.readable(), request).await.map_err(
+            |e| match Failure::from(e) {
+                Failure::Invalid(message) => {
+                    Failure::Invalid(message.replace("session_id", "session"))
+                }
+                other => other,
+            },
+        )?;
     let summary = answer.session.unwrap_or_default();
     let mut body = format!(
         "<section id=\"session-summary\"><p><span class=\"event-count\">{}</span> event(s), from {} to {}</p>\
@@ -437,8 +448,8 @@ pub(super) async fn errors(
         page_size: 100,
         page_token: String::new(),
     };
-    let answer = console.query.list_errors(request).await?;
-    let types = queries::error_types(console.query.pool()).await?;
+    let answer = console.query.list_errors(&who.readable(), request).await?;
+    let types = queries::error_types(console.query.pool(), &who.readable()).await?;
     let mut body = String::new();
     if let Some(replayed) = params.get("replayed") {
         let _ = write!(
@@ -541,7 +552,7 @@ pub(super) async fn replay(
             limit: 10_000,
         }
     };
-    let answer = console.query.replay_errors(request).await?;
+    let answer = console.query.replay_errors(&who.readable(), request).await?;
     Ok(Redirect::to(&format!("/errors?replayed={}", answer.replayed)).into_response())
 }
 
@@ -556,7 +567,7 @@ pub(super) async fn schemas(
 ) -> Result<Response, Failure> {
     let pool = console.query.pool();
     let registered = eye_admin::schemas::list(pool).await?;
-    let stats = queries::type_stats(pool).await?;
+    let stats = queries::type_stats(pool, &who.readable()).await?;
     let mut types: BTreeMap<(String, String), TypeRow<'_>> = BTreeMap::new();
     for schema in &registered {
         types.entry((schema.category.clone(), schema.name.clone())).or_default().0 =

@@ -4,7 +4,7 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_listed_by_filter_newest_first_with_counts() {
-    let (db, shop, key) = db_with_key("shop", &["read"]).await;
+    let (db, shop, key) = db_with_key("shop", &["read", "admin"]).await;
     let (blog, _) = create_key(&db.pool, "blog", &["ingest"]).await;
     let (pipeline, mut query) = query_server(&db).await;
 

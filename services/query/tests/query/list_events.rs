@@ -132,7 +132,7 @@ async fn events_sent_through_ingest_are_read_back_by_every_filter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_neither_skip_nor_repeat_while_events_arrive() {
-    let (db, app, key) = db_with_key("analyst", &["read"]).await;
+    let (db, app, key) = db_with_key("analyst", &["read", "admin"]).await;
     let (pipeline, mut query) = query_server(&db).await;
 
     // 60 events, three per timestamp (the event id breaks the ties), straddling a month boundary

@@ -6,6 +6,7 @@ mod get_stats;
 mod list_errors;
 mod list_events;
 mod replay_errors;
+mod scoped;
 
 use std::{collections::HashSet, time::Duration};
 
@@ -158,7 +159,7 @@ impl SixEvents {
         register_example_schemas(&db.pool).await;
         let (shop, shop_key) = create_key(&db.pool, "shop", &["ingest"]).await;
         let (_, blog_key) = create_key(&db.pool, "blog", &["ingest"]).await;
-        let (_, key) = create_key(&db.pool, "analyst", &["read"]).await;
+        let (_, key) = create_key(&db.pool, "analyst", &["read", "admin"]).await;
         let pipeline = Pipeline::start_with_query(&db, 1, 1).await;
         let mut ingest = pipeline.client().await;
         let query = pipeline.query_client().await;
@@ -282,7 +283,7 @@ async fn every_rpc_needs_a_key_with_the_read_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_arguments_name_the_field() {
-    let (db, app, key) = db_with_key("analyst", &["read"]).await;
+    let (db, app, key) = db_with_key("analyst", &["read", "admin"]).await;
     let session = Uuid::new_v4();
     for n in 0..3 {
         insert_event(&db.pool, app, session, "c", Utc::now() - chrono::Duration::seconds(n)).await;
@@ -460,7 +461,7 @@ async fn query_server_serves_health_and_reflection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_failures_reach_clients_without_sql() {
-    let (db, _, key) = db_with_key("analyst", &["read"]).await;
+    let (db, _, key) = db_with_key("analyst", &["read", "admin"]).await;
     let (pipeline, mut query) = query_server(&db).await;
     // A broken schema: every statement on `sessions` now fails in the database.
     sqlx::query("ALTER TABLE sessions RENAME TO sessions_gone").execute(&db.pool).await.unwrap();

@@ -5,7 +5,7 @@ use super::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_errors_are_stored_once_after_a_schema_fix() {
     let (db, _, ingest_key) = eye_e2e::shop_db().await;
-    let (_, key) = create_key(&db.pool, "operator", &["read"]).await;
+    let (_, key) = create_key(&db.pool, "operator", &["read", "admin"]).await;
     let pipeline = Pipeline::start_with_query(&db, 1, 1).await;
     let mut ingest = pipeline.client().await;
     let mut query = pipeline.query_client().await;
@@ -147,7 +147,7 @@ async fn replayed_errors_are_stored_once_after_a_schema_fix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_enqueues_each_error_once_while_in_flight() {
-    let (db, shop, key) = db_with_key("shop", &["read"]).await;
+    let (db, shop, key) = db_with_key("shop", &["read", "admin"]).await;
     let (blog, _) = create_key(&db.pool, "blog", &["ingest"]).await;
     // No validator: replayed errors stay in flight.
     let (pipeline, mut query) = query_server(&db).await;
