@@ -290,7 +290,9 @@ async fn issue_locked(
 
 /// Locks the row of application `name` against revocation until the transaction ends; fails if
 /// it does not exist or is revoked.
-async fn lock_active(conn: &mut PgConnection, name: &str) -> Result<Uuid, AdminError> {
+/// The id of the live application `name`, share-locked until the transaction ends (so it cannot
+/// be revoked meanwhile).
+pub(crate) async fn lock_active(conn: &mut PgConnection, name: &str) -> Result<Uuid, AdminError> {
     let row: Option<(Uuid, Option<DateTime<Utc>>)> =
         sqlx::query_as("SELECT id, revoked_at FROM applications WHERE name = $1 FOR SHARE")
             .bind(name)

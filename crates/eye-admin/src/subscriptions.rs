@@ -219,7 +219,7 @@ pub async fn create<'c>(
     }
     let mut tx = db.begin().await?;
     let application_id = match &new.filter.application {
-        Some(name) => Some(application_id(&mut tx, name).await?),
+        Some(name) => Some(crate::apps::lock_active(&mut tx, name).await?),
         None => None,
     };
     let secret = matches!(new.destination, Destination::Webhook(_)).then(generate_secret);
@@ -253,19 +253,6 @@ pub async fn create<'c>(
     };
     tx.commit().await?;
     Ok(Created { subscription, secret })
-}
-
-async fn application_id(conn: &mut PgConnection, name: &str) -> Result<Uuid, AdminError> {
-    let found: Option<(Uuid, Option<DateTime<Utc>>)> =
-        sqlx::query_as("SELECT id, revoked_at FROM applications WHERE name = $1")
-            .bind(name)
-            .fetch_optional(conn)
-            .await?;
-    match found {
-        Some((id, None)) => Ok(id),
-        Some((_, Some(at))) => Err(AdminError::ApplicationRevoked { name: name.into(), at }),
-        None => Err(AdminError::NoSuchApplication { name: name.into() }),
-    }
 }
 
 /// Every subscription, for `eye-delivery`.

@@ -134,6 +134,18 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+impl Summary {
+    /// Adds `other`'s counts (and seconds) to these.
+    pub fn add(&mut self, other: &Summary) {
+        self.hours += other.hours;
+        self.unchanged += other.unchanged;
+        self.files += other.files;
+        self.rows += other.rows;
+        self.bytes += other.bytes;
+        self.seconds += other.seconds;
+    }
+}
+
 /// One hour as the store holds it now.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 struct HourState {
@@ -171,7 +183,7 @@ impl Exporter {
                  WHERE $3::timestamptz IS NULL OR {changed} >= $3 \
              ) \
              SELECT t.hour, s.state FROM touched t, LATERAL ( \
-                 SELECT count(*)::text || ':' || coalesce({state_of}, '') AS state FROM {table} \
+                 SELECT {state} AS state FROM {table} \
                  WHERE occurred_at >= t.hour AND occurred_at < t.hour + interval '1 hour' \
              ) s \
              WHERE ($1::timestamptz IS NULL OR t.hour >= date_trunc('hour', $1::timestamptz)) \
@@ -179,7 +191,7 @@ impl Exporter {
              ORDER BY t.hour",
             table = spec.table,
             changed = spec.changed,
-            state_of = spec.state,
+            state = state_sql(spec),
         );
         Ok(sqlx::query_as(&sql)
             .bind(self.options.from)
@@ -263,10 +275,7 @@ impl Exporter {
                 let mut summary = Summary::default();
                 self.export_hour(kind, hour, &mut summary).await?;
                 each(&summary);
-                total.hours += summary.hours;
-                total.files += summary.files;
-                total.rows += summary.rows;
-                total.bytes += summary.bytes;
+                total.add(&summary);
             }
             // Writers commit out of `stored_at` order: look back a margin each time.
             since = Some(look - TimeDelta::seconds(60));
@@ -286,11 +295,11 @@ impl Exporter {
     ) -> Result<Vec<HourState>, ExportError> {
         let spec = kind.spec();
         let sql = format!(
-            "SELECT $1::timestamptz AS hour, count(*)::text || ':' || coalesce({state_of}, '') AS state \
+            "SELECT $1::timestamptz AS hour, {state} AS state \
              FROM {table} WHERE occurred_at >= $1 AND occurred_at < $1 + interval '1 hour' \
              HAVING count(*) > 0",
             table = spec.table,
-            state_of = spec.state,
+            state = state_sql(spec),
         );
         Ok(sqlx::query_as(&sql).bind(hour).fetch_all(&self.pool).await?)
     }
@@ -408,6 +417,12 @@ impl Exporter {
         self.destination.store().put(&location, bytes.into()).await?;
         Ok(ManifestFile { path: name, rows, bytes: size, sha256 })
     }
+}
+
+/// The state of an hour's rows, as `exports.state` records it: their count and what the kind says
+/// changes with them. One expression for the scan of all hours and the look at one.
+fn state_sql(spec: &schema::Spec) -> String {
+    format!("count(*)::text || ':' || coalesce({}, '')", spec.state)
 }
 
 /// `dt=YYYY-MM-DD/hour=HH` of `hour` (under `errors/` for quarantined events).

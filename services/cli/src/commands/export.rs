@@ -47,7 +47,7 @@ pub async fn run(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
             bar.finish_and_clear();
         }
         report(&args, kind, &summary);
-        add(&mut total, &summary);
+        total.add(&summary);
     }
     if args.follow {
         if args.json {
@@ -74,19 +74,10 @@ pub async fn run(pool: &PgPool, args: ExportArgs) -> anyhow::Result<()> {
             });
         }
         while let Some(done) = tasks.join_next().await {
-            add(&mut total, &done??);
+            total.add(&done??);
         }
     }
     Ok(())
-}
-
-fn add(total: &mut Summary, summary: &Summary) {
-    total.hours += summary.hours;
-    total.unchanged += summary.unchanged;
-    total.files += summary.files;
-    total.rows += summary.rows;
-    total.bytes += summary.bytes;
-    total.seconds += summary.seconds;
 }
 
 fn report(args: &ExportArgs, kind: Kind, summary: &Summary) {

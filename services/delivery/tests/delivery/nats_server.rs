@@ -71,11 +71,11 @@ fn store_dir(name: &str) -> TempDir {
     TempDir(dir)
 }
 
-/// One JetStream node.
-pub(crate) fn single() -> Node {
+/// A JetStream node on loopback with a store of its own, plus `extra` arguments.
+fn node(name: &str, extra: Vec<String>) -> Node {
     let port = free_port();
-    let dir = store_dir("single");
-    let args = vec![
+    let dir = store_dir(name);
+    let mut args: Vec<String> = vec![
         "-js".into(),
         "-a".into(),
         "127.0.0.1".into(),
@@ -84,7 +84,13 @@ pub(crate) fn single() -> Node {
         "-sd".into(),
         dir.0.display().to_string(),
     ];
+    args.extend(extra);
     Node { port, child: Some(Node::spawn(args.clone())), args, _dir: dir }
+}
+
+/// One JetStream node.
+pub(crate) fn single() -> Node {
+    node("single", Vec::new())
 }
 
 /// Three JetStream nodes clustered on loopback.
@@ -97,26 +103,19 @@ pub(crate) fn cluster() -> Vec<Node> {
         .join(",");
     (0..3)
         .map(|i| {
-            let port = free_port();
-            let dir = store_dir(&format!("n{i}"));
-            let args = vec![
-                "-js".into(),
-                "-a".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-                "-sd".into(),
-                dir.0.display().to_string(),
-                "--server_name".into(),
-                format!("n{i}"),
-                "--cluster_name".into(),
-                "eye".into(),
-                "--cluster".into(),
-                format!("nats://127.0.0.1:{}", cluster_ports[i]),
-                "--routes".into(),
-                routes.clone(),
-            ];
-            Node { port, child: Some(Node::spawn(args.clone())), args, _dir: dir }
+            node(
+                &format!("n{i}"),
+                vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "eye".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                    "--routes".into(),
+                    routes.clone(),
+                ],
+            )
         })
         .collect()
 }
