@@ -50,8 +50,15 @@ pub(crate) fn settings(db: &TestDb) -> eye_service::Settings {
 
 impl Env {
     pub(crate) async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// [`start`](Self::start) with the pipeline's settings adjusted by `adjust`.
+    pub(crate) async fn start_with(adjust: impl FnOnce(&mut eye_service::Settings)) -> Self {
         let (db, _, key) = db_with_key("shop", &["ingest", "read"]).await;
-        let pipeline = Pipeline::start_with(settings(&db), 1, 1, false).await;
+        let mut settings = settings(&db);
+        adjust(&mut settings);
+        let pipeline = Pipeline::start_with(settings, 1, 1, false).await;
         Self { db, pipeline, key }
     }
 

@@ -208,7 +208,10 @@ async fn a_429_is_retried_after_its_retry_after() {
 
 #[tokio::test]
 async fn an_ordered_backfill_delivers_what_was_stored_then_what_comes_in_storage_order() {
-    let env = Env::start().await;
+    // Storage order is the order the writers' transactions commit in; `stored_at` is read per row
+    // before the commit, so concurrent claim loops interleave it. With one claim loop the two
+    // orders are the same, and `stored_at` can serve as the test's record of storage order.
+    let env = Env::start_with(|settings| settings.writer.consumer.concurrency = 1).await;
     let receiver = Receiver::start(Behaviour { fail_rate: 0.2, ..Default::default() }).await;
     let before = Utc::now();
     env.send(events_of("Client_B", 0, 300)).await;
@@ -256,7 +259,7 @@ async fn an_ordered_backfill_delivers_what_was_stored_then_what_comes_in_storage
     .fetch_all(&env.db.pool)
     .await
     .unwrap();
-    // (One writer: its commit order is the stored_at order.)
+    // (One writer claim loop: its commit order is the stored_at order.)
     assert_eq!(delivered, stored_order, "in storage order");
     assert_eq!(status(&env.db, "queue-b").await.state, "live");
     delivery.stop().await;
