@@ -68,6 +68,9 @@ enum Scenario {
     /// Writer throughput with 0, 1 and 10 subscriptions, and delivery rates to a local webhook
     /// receiver and to NATS JetStream (a nats-server started by the benchmark).
     Delivery,
+    /// One application sends open loop at `--rate`, alone and then while another floods ingest
+    /// closed loop over its quota (`--quota`): the first one's ack latency in both phases.
+    Quota,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -114,9 +117,30 @@ struct Args {
     /// (`http://...` a webhook, `nats://...` JetStream).
     #[arg(long)]
     deliver_to: Option<String>,
+    /// The flooding application's quota, events/s (the quota scenario).
+    #[arg(long, default_value_t = 2_000.0)]
+    quota: f64,
     /// nats-server binary (the delivery scenario).
     #[arg(long, default_value = "nats-server")]
     nats_server: String,
+}
+
+/// The `quota` scenario.
+#[derive(Debug, Serialize)]
+struct QuotaComparison {
+    /// The quiet application's offered rate, events/s (open loop).
+    offered_rate: usize,
+    /// The flooding application's quota, events/s.
+    quota: f64,
+    quiet_alone_ms: Percentiles,
+    quiet_flooded_ms: Percentiles,
+    /// The quiet application's p99 ack latency while flooded over alone (target: at most 2).
+    p99_flooded_to_alone: f64,
+    /// What the flood got through (events/s accepted) and how often it was refused.
+    flood_accepted_per_second: f64,
+    flood_refused_requests: usize,
+    quiet_failed_requests: usize,
+    machine: String,
 }
 
 /// The `clients` scenario: three runs and their ratios.
@@ -232,6 +256,9 @@ async fn main() -> anyhow::Result<()> {
     if args.scenario == Scenario::Delivery {
         return delivery_scenario(&args, &server).await;
     }
+    if args.scenario == Scenario::Quota {
+        return quota_scenario(&args, &server).await;
+    }
     if args.scenario != Scenario::Clients {
         let report = run_once(&args, &server, args.scenario).await?;
         print_report(&report, args.json)?;
@@ -255,6 +282,83 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// One scenario on a fresh database, dropped afterwards.
+async fn quota_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
+    let db = fresh_database(server).await?;
+    let result = quota_run(args, &db).await;
+    let _ = harness::drop_database(server, &db.name).await;
+    let comparison = result?;
+    println!("{}", serde_json::to_string(&comparison)?);
+    if !args.json {
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+    }
+    Ok(())
+}
+
+async fn quota_run(args: &Args, db: &Database) -> anyhow::Result<QuotaComparison> {
+    let mut conn = PgConnection::connect(&db.url).await?;
+    let quiet = create_key(&mut conn).await?;
+    let noisy = eye_admin::apps::create(&mut conn, "noisy", &[Role::Ingest]).await?.key;
+    eye_admin::apps::set_quota(&mut conn, "noisy", Some(args.quota), Some(args.quota)).await?;
+    register_schema(&mut conn).await?;
+    let (port, http_port) = (free_port()?, free_port()?);
+    let mut services = vec![
+        spawn(args, "eye-ingest", &db.url, port, http_port)?,
+        spawn(args, "eye-validator", &db.url, port, http_port)?,
+        spawn(args, "eye-writer", &db.url, port, http_port)?,
+    ];
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_until_serving(&endpoint).await?;
+    let channels = connect(&endpoint, 4).await?;
+
+    let alone = open_loop(args, &quiet, Arc::new(make_batches(args)), &channels).await;
+    // The flood: closed loop, fresh events each request, until the second phase is done.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flood = tokio::task::JoinSet::new();
+    let flood_started = Instant::now();
+    for worker in 0..args.concurrency {
+        let mut client = IngestServiceClient::new(channels[worker % channels.len()].clone());
+        let (stop, key) = (stop.clone(), noisy.clone());
+        let one = Args { events: args.batch, ..args.clone() };
+        flood.spawn(async move {
+            let (mut accepted, mut refused) = (0usize, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                let batch = make_batches(&one).remove(0);
+                match client.send_events(authorized(batch, &key)).await {
+                    Ok(answer) => accepted += answer.into_inner().results.len(),
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => refused += 1,
+                    Err(status) => eprintln!("flood: {:?} {}", status.code(), status.message()),
+                }
+            }
+            (accepted, refused)
+        });
+    }
+    let flooded = open_loop(args, &quiet, Arc::new(make_batches(args)), &channels).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut flood_accepted, mut flood_refused) = (0, 0);
+    while let Some(done) = flood.join_next().await {
+        let (accepted, refused) = done.expect("flood task");
+        flood_accepted += accepted;
+        flood_refused += refused;
+    }
+    let flood_seconds = flood_started.elapsed().as_secs_f64();
+    for service in &mut services {
+        service.stop().await;
+    }
+    let (quiet_alone_ms, quiet_flooded_ms) =
+        (Percentiles::of(alone.latencies_ms), Percentiles::of(flooded.latencies_ms));
+    Ok(QuotaComparison {
+        offered_rate: args.rate,
+        quota: args.quota,
+        p99_flooded_to_alone: quiet_flooded_ms.p99 / quiet_alone_ms.p99,
+        quiet_alone_ms,
+        quiet_flooded_ms,
+        flood_accepted_per_second: flood_accepted as f64 / flood_seconds,
+        flood_refused_requests: flood_refused,
+        quiet_failed_requests: alone.failed + flooded.failed,
+        machine: harness::machine(),
+    })
+}
+
 async fn run_once(args: &Args, server: &str, scenario: Scenario) -> anyhow::Result<Report> {
     let db = fresh_database(server).await?;
     let report = run(args, &db, scenario).await;

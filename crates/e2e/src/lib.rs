@@ -73,9 +73,21 @@ impl Pipeline {
         writers: usize,
         query: bool,
     ) -> Self {
+        Self::start_each(|_| settings.clone(), validators, writers, query).await
+    }
+
+    /// [`start_with`](Self::start_with), each service with the settings `settings_of` gives for
+    /// its name (`ingest`, `validator`, `writer`, `query`): a database role of its own, say.
+    pub async fn start_each(
+        settings_of: impl Fn(&str) -> eye_service::Settings,
+        validators: usize,
+        writers: usize,
+        query: bool,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
-        let ingest = eye_ingest::Application::build(settings.clone()).await.expect("build ingest");
+        let ingest =
+            eye_ingest::Application::build(settings_of("ingest")).await.expect("build ingest");
         let ingest_port = ingest.port();
         let http_port = ingest.http_port();
         let mut metrics_ports = vec![("ingest", ingest.metrics_port().expect("own metrics"))];
@@ -84,7 +96,9 @@ impl Pipeline {
             async move { ingest.run_until_stopped(token).await.expect("ingest") },
         ));
         for _ in 0..validators {
-            let app = eye_validator::Application::build(settings.clone()).await.expect("validator");
+            let app = eye_validator::Application::build(settings_of("validator"))
+                .await
+                .expect("validator");
             metrics_ports.push(("validator", app.metrics_port().expect("own metrics")));
             let token = shutdown.clone();
             tasks.push(tokio::spawn(async move {
@@ -92,7 +106,7 @@ impl Pipeline {
             }));
         }
         for _ in 0..writers {
-            let app = eye_writer::Application::build(settings.clone()).await.expect("writer");
+            let app = eye_writer::Application::build(settings_of("writer")).await.expect("writer");
             metrics_ports.push(("writer", app.metrics_port().expect("own metrics")));
             let token = shutdown.clone();
             tasks.push(tokio::spawn(
@@ -101,7 +115,8 @@ impl Pipeline {
         }
         let mut query_port = None;
         if query {
-            let app = eye_query::Application::build(settings.clone()).await.expect("build query");
+            let app =
+                eye_query::Application::build(settings_of("query")).await.expect("build query");
             query_port = Some(app.port());
             metrics_ports.push(("query", app.metrics_port().expect("own metrics")));
             let token = shutdown.clone();
@@ -275,6 +290,49 @@ pub fn event(
             nanos: at.timestamp_subsec_nanos() as i32,
         }),
     }
+}
+
+/// Creates a login role in the group role `group` (`eye_ingest`, ...) and returns `db`'s URL
+/// connecting as it: a service run with least privilege.
+pub async fn login_as(db: &TestDb, group: &str) -> String {
+    let user = format!("{group}_{}", &Uuid::new_v4().simple().to_string()[..8]);
+    sqlx::query(&format!("CREATE ROLE {user} LOGIN IN ROLE {group}"))
+        .execute(&db.pool)
+        .await
+        .expect("create a login role");
+    let (scheme, rest) = db.url.split_once("://").expect("a URL");
+    let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}@{host}")
+}
+
+/// The tables (`schema.table`, every ordinary table and partition outside the catalogs) with a
+/// row whose text holds `needle`, or whose `bytea` columns hold its UTF-8 bytes (outbox bodies):
+/// how tests check that something left no trace.
+pub async fn tables_containing(pool: &PgPool, needle: &str) -> Vec<String> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("list tables");
+    let mut holding = Vec::new();
+    for table in tables {
+        let found: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT FROM {table} t WHERE strpos(t::text, $1) > 0 \
+                 OR strpos(t::text, encode(convert_to($1, 'UTF8'), 'hex')) > 0)"
+        ))
+        .bind(needle)
+        .fetch_one(pool)
+        .await
+        .expect("scan a table");
+        if found {
+            holding.push(table);
+        }
+    }
+    holding
 }
 
 /// Counts rows with a scalar query.

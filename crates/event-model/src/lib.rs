@@ -14,6 +14,8 @@ pub mod batch;
 pub mod envelope;
 pub mod ids;
 pub mod payload;
+pub mod pii;
+pub mod subject;
 
 use chrono::{DateTime, Utc};
 

@@ -35,7 +35,7 @@ impl std::fmt::Debug for IssuedKey {
 }
 
 /// One application, as `eye apps list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ApplicationSummary {
     pub name: String,
     pub id: Uuid,
@@ -44,6 +44,9 @@ pub struct ApplicationSummary {
     pub active_keys: i64,
     /// Roles held by at least one active key.
     pub roles: Vec<String>,
+    /// Its own ingest quota (events a second; 0: exempt), if set; else `ingest.quota_rate`.
+    pub ingest_rate: Option<f64>,
+    pub ingest_burst: Option<f64>,
 }
 
 /// What [`revoke`] did.
@@ -221,11 +224,45 @@ pub async fn list<'c>(
              (SELECT count(*) FROM api_keys k \
               WHERE k.application_id = a.id AND k.revoked_at IS NULL) AS active_keys, \
              ARRAY(SELECT DISTINCT r FROM api_keys k, unnest(k.roles) AS r \
-                   WHERE k.application_id = a.id AND k.revoked_at IS NULL ORDER BY r) AS roles \
+                   WHERE k.application_id = a.id AND k.revoked_at IS NULL ORDER BY r) AS roles, \
+             a.ingest_rate, a.ingest_burst \
          FROM applications a ORDER BY a.name",
     )
     .fetch_all(&mut *conn)
     .await?)
+}
+
+/// Sets application `name`'s ingest quota: `rate` events a second (0: exempt from
+/// `ingest.quota_rate`) with bursts of `burst` (`None`: twice the rate); `None` for `rate`
+/// clears it, so the default applies again. Ingest instances see the change once their key cache
+/// expires (`auth.cache_ttl_ms`).
+pub async fn set_quota<'c>(
+    db: impl Acquire<'c, Database = Postgres>,
+    name: &str,
+    rate: Option<f64>,
+    burst: Option<f64>,
+) -> Result<(), AdminError> {
+    let valid = |value: Option<f64>| value.is_none_or(|v| v.is_finite() && v >= 0.0);
+    if !valid(rate) || !valid(burst) {
+        return Err(AdminError::Invalid("a quota's rate and burst must be 0 or more".into()));
+    }
+    if rate.is_none() && burst.is_some() {
+        return Err(AdminError::Invalid("a burst needs a rate".into()));
+    }
+    let mut conn = db.acquire().await?;
+    let updated = sqlx::query(
+        "UPDATE applications SET ingest_rate = $2, ingest_burst = $3 \
+         WHERE name = $1 AND revoked_at IS NULL",
+    )
+    .bind(name)
+    .bind(rate)
+    .bind(burst)
+    .execute(&mut *conn)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(AdminError::NoSuchApplication { name: name.to_owned() });
+    }
+    Ok(())
 }
 
 /// Revokes application `name` and all its keys. Revoking twice is harmless.

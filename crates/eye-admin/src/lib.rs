@@ -10,6 +10,9 @@
 //! - [`schemas`]: the schema registry's write side: check, put (versioned, a no-op when
 //!   unchanged), list, and the example schemas `eye dev` registers.
 //! - [`dead_letters`]: the outbox's dead letters: list and replay into their stage.
+//! - [`deletion`]: a data subject's events removed everywhere (in flight, stored, quarantined,
+//!   exported), with a receipt and an optional suppression of later ones.
+//! - [`maintenance`]: the store's upkeep: partitions ahead of need, retention, the dedup window.
 //! - [`subscriptions`]: the ways out: create (live, or backfilling from a time), list with their
 //!   delivery state, pause, resume, delete; the writers' fence.
 //!
@@ -18,6 +21,8 @@
 
 pub mod apps;
 pub mod dead_letters;
+pub mod deletion;
+pub mod maintenance;
 pub mod schemas;
 pub mod subscriptions;
 

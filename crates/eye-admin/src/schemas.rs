@@ -70,6 +70,7 @@ pub fn check(schema: &Value) -> Result<(), String> {
         .map_err(|error| format!("{}: {error}", at(error.instance_path().to_string())))?;
     jsonschema::validator_for(schema)
         .map_err(|error| format!("{}: {error}", at(error.instance_path().to_string())))?;
+    event_model::pii::Rules::of(schema)?;
     Ok(())
 }
 

@@ -201,6 +201,42 @@ impl Exporter {
             .await?)
     }
 
+    /// The exported hours of `kind` that a deletion changed (`eye_exports_mark_deleted` set their
+    /// state to `deleted`), with their current state: also those left with no rows, whose files
+    /// must go.
+    async fn deleted_hours(&self, kind: Kind) -> Result<Vec<HourState>, ExportError> {
+        let spec = kind.spec();
+        let sql = format!(
+            "SELECT x.hour, s.state FROM exports x, LATERAL ( \
+                 SELECT {state} AS state FROM {table} \
+                 WHERE occurred_at >= x.hour AND occurred_at < x.hour + interval '1 hour' \
+             ) s \
+             WHERE x.destination = $1 AND x.kind = $2 AND x.state = 'deleted' ORDER BY x.hour",
+            table = spec.table,
+            state = state_sql(spec),
+        );
+        Ok(sqlx::query_as(&sql)
+            .bind(self.destination.name())
+            .bind(kind.name())
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// `hours` with the [deleted hours](Self::deleted_hours) it lacks, oldest first.
+    async fn with_deleted(
+        &self,
+        kind: Kind,
+        mut hours: Vec<HourState>,
+    ) -> Result<Vec<HourState>, ExportError> {
+        for deleted in self.deleted_hours(kind).await? {
+            if !hours.iter().any(|hour| hour.hour == deleted.hour) {
+                hours.push(deleted);
+            }
+        }
+        hours.sort_by_key(|hour| hour.hour);
+        Ok(hours)
+    }
+
     /// The recorded state of every exported hour of `kind` at this destination.
     async fn recorded(&self, kind: Kind) -> Result<BTreeMap<DateTime<Utc>, String>, ExportError> {
         let rows: Vec<(DateTime<Utc>, String)> =
@@ -220,7 +256,7 @@ impl Exporter {
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Summary, ExportError> {
         let started = std::time::Instant::now();
-        let hours = self.hours(kind, None).await?;
+        let hours = self.with_deleted(kind, self.hours(kind, None).await?).await?;
         let recorded = self.recorded(kind).await?;
         let mut summary = Summary::default();
         let total = hours.len() as u64;
@@ -260,7 +296,7 @@ impl Exporter {
                     candidates.extend(self.hours_at(kind, hour).await?);
                 }
             }
-            candidates.sort_by_key(|c| c.hour);
+            let candidates = self.with_deleted(kind, candidates).await?;
             let recorded = self.recorded(kind).await?;
             let lateness = TimeDelta::from_std(self.options.lateness).unwrap_or(TimeDelta::MAX);
             for hour in candidates {

@@ -19,6 +19,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::rate_limit::Limit;
+
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -50,7 +52,7 @@ impl Role {
 }
 
 /// The caller behind a valid key.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Principal {
     pub application_id: Uuid,
     /// The key's own id (`api_keys.id`): what per-key limits are kept by.
@@ -60,9 +62,25 @@ pub struct Principal {
     pub publishable: bool,
     /// The origins (`scheme://host[:port]`) a publishable key may be used from.
     pub origins: Vec<String>,
+    /// The application's own ingest quota (`applications.ingest_rate`, events a second; 0: none),
+    /// if it has one; see [`quota`](Self::quota).
+    pub quota_rate: Option<f64>,
+    /// The burst of the application's own quota (`applications.ingest_burst`).
+    pub quota_burst: Option<f64>,
 }
 
 impl Principal {
+    /// The application's ingest quota: its own (`eye apps quota`) or else `default_rate`
+    /// (`ingest.quota_rate`) with `default_burst`; `None`: unlimited (a rate of 0). A burst of
+    /// 0 or none means twice the rate.
+    pub fn quota(&self, default_rate: f64, default_burst: f64) -> Option<Limit> {
+        let (rate, burst) = match self.quota_rate {
+            Some(rate) => (rate, self.quota_burst.unwrap_or(0.0)),
+            None => (default_rate, default_burst),
+        };
+        (rate > 0.0).then(|| Limit::new(rate, if burst > 0.0 { burst } else { 2.0 * rate }))
+    }
+
     /// The browser rule, for a request that came with `origin` (its `Origin` header, which
     /// every browser sends with a cross-origin or POST request, and no server client does): a
     /// publishable key only from one of its origins, a secret key never from a browser.
@@ -150,8 +168,8 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 macro_rules! live_key {
     ($condition:literal) => {
         concat!(
-            "SELECT k.application_id, k.id AS key_id, k.roles, k.publishable, k.origins \
-             FROM api_keys k JOIN applications a ON a.id = k.application_id WHERE ",
+            "SELECT k.application_id, k.id AS key_id, k.roles, k.publishable, k.origins, \
+             a.ingest_rate AS quota_rate, a.ingest_burst AS quota_burst FROM api_keys k JOIN applications a ON a.id = k.application_id WHERE ",
             $condition,
             " AND k.revoked_at IS NULL AND a.revoked_at IS NULL"
         )
@@ -287,6 +305,8 @@ mod tests {
             roles: vec!["ingest".into()],
             publishable,
             origins: vec!["https://shop.example".into()],
+            quota_rate: None,
+            quota_burst: None,
         };
         assert!(key(false).check_origin(None).is_ok());
         let leaked = key(false).check_origin(Some("https://shop.example"));
@@ -296,6 +316,27 @@ mod tests {
             let refused = key(true).check_origin(origin);
             assert!(matches!(refused, Err(AuthError::OriginNotAllowed(_))), "{origin:?}");
         }
+    }
+
+    #[test]
+    fn an_applications_own_quota_wins_over_the_default() {
+        let principal = |rate: Option<f64>, burst: Option<f64>| Principal {
+            application_id: Uuid::nil(),
+            key_id: Uuid::nil(),
+            roles: vec!["ingest".into()],
+            publishable: false,
+            origins: vec![],
+            quota_rate: rate,
+            quota_burst: burst,
+        };
+        assert_eq!(principal(None, None).quota(0.0, 0.0), None, "no quota by default");
+        assert_eq!(principal(None, None).quota(100.0, 0.0), Some(Limit::new(100.0, 200.0)));
+        assert_eq!(principal(Some(5.0), Some(50.0)).quota(100.0, 0.0), Some(Limit::new(5.0, 50.0)));
+        assert_eq!(
+            principal(Some(0.0), None).quota(100.0, 10.0),
+            None,
+            "0 exempts the application"
+        );
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub trait ConsumerService: Send + Sync + 'static {
     fn consumer_settings(settings: &Settings) -> &ConsumerSettings;
     /// Makes its stage, once per process, from the settings, the pool and the metrics registry.
     fn stage(settings: &Settings, pool: &PgPool, metrics: &Metrics) -> Self::Stage;
+    /// Work beside the claim loops (the writer's store upkeep), spawned once before them; it
+    /// must end when `shutdown` is cancelled. The default spawns nothing.
+    fn spawn_beside(_settings: &Settings, _pool: &PgPool, _shutdown: &CancellationToken) {}
 }
 
 /// Why a consumer could not be built.
@@ -154,6 +157,7 @@ impl<S: ConsumerService> Application<S> {
             OUTBOX_SAMPLE_INTERVAL,
             shutdown.clone(),
         );
+        S::spawn_beside(&settings, &pool, &shutdown);
         if prepare(&stage.stage, &pool, S::STAGE, &shutdown).await {
             let outbox = Outbox::new(pool.clone(), S::STAGE, outbox_config(consumer));
             let waker = Waker::listen(&pool, shutdown.clone());

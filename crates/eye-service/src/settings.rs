@@ -34,6 +34,114 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub metrics: MetricsSettings,
     pub tls: TlsSettings,
+    pub privacy: PrivacySettings,
+    pub store: StoreSettings,
+}
+
+/// How the store's partitions are cut and how long what it holds is kept. Upkeep (partitions
+/// ahead of need, retention, the dedup window) runs in every writer, one replica at a time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct StoreSettings {
+    /// How long events are kept, by their `occurred_at`: `"90 days"`, `"6 months"` (also `90d`,
+    /// `6mo`); unset (the default): forever. Whole partitions are dropped once they end before
+    /// now minus the retention; quarantined events and dead letters older than it are deleted,
+    /// and sessions left without events removed.
+    pub retention: Option<String>,
+    /// The span of a new partition of `events`: `month` (the default) or `day` (for a retention
+    /// in days). Changing it applies to partitions created from then on.
+    pub partition: Granularity,
+    /// How long ingest remembers an event id (the idempotency ledger), in days (at least 1;
+    /// default 7): a retry within it is answered DUPLICATE.
+    pub dedup_window_days: u32,
+    /// How often a writer runs the upkeep.
+    pub maintenance_interval_ms: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            retention: None,
+            partition: Granularity::Month,
+            dedup_window_days: 7,
+            maintenance_interval_ms: 3_600_000,
+        }
+    }
+}
+
+/// The span of a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    Day,
+    #[default]
+    Month,
+}
+
+impl Granularity {
+    /// As `date_trunc` and `eye_ensure_partition` name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Day => "day",
+            Self::Month => "month",
+        }
+    }
+}
+
+/// A retention period, as `store.retention` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    Days(u32),
+    Months(u32),
+}
+
+impl Retention {
+    /// `"90 days"`, `"90d"`, `"6 months"`, `"6mo"` (`day`/`month` also singular).
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let number: u32 = number.parse().ok().filter(|n| *n > 0)?;
+        match unit.trim() {
+            "d" | "day" | "days" => Some(Self::Days(number)),
+            "mo" | "month" | "months" => Some(Self::Months(number)),
+            _ => None,
+        }
+    }
+
+    /// The oldest moment still kept at `now`.
+    pub fn cutoff(self, now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Self::Days(days) => now - chrono::Duration::days(i64::from(days)),
+            Self::Months(months) => now
+                .checked_sub_months(chrono::Months::new(months))
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC),
+        }
+    }
+}
+
+impl StoreSettings {
+    /// The retention, if one is set (checked by [`Settings::validate`]).
+    pub fn retention(&self) -> Option<Retention> {
+        self.retention.as_deref().and_then(Retention::parse)
+    }
+}
+
+/// Personal data (see `event_model::pii`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PrivacySettings {
+    /// The key of the HMAC-SHA256 that replaces properties annotated `"x-eye-pii": "hash"`
+    /// (`EYE__PRIVACY__PII_KEY`, at least 32 bytes; the same on every ingest and validator).
+    /// Unset: such properties are stored as the `[redacted]` marker instead.
+    pub pii_key: Option<SecretString>,
+}
+
+impl PrivacySettings {
+    /// The HMAC key's bytes, if set.
+    pub fn pii_key(&self) -> Option<Vec<u8>> {
+        self.pii_key.as_ref().map(|key| key.expose_secret().as_bytes().to_vec())
+    }
 }
 
 /// TLS for the gRPC servers (ingest, query): set both files to serve TLS only; leave both unset
@@ -128,6 +236,12 @@ pub struct IngestSettings {
     pub publishable_rate: f64,
     /// Publishable keys: events a client address may send at once before the rate applies.
     pub publishable_burst: f64,
+    /// Each application's ingest quota, in events a second per ingest instance, for the
+    /// applications without one of their own (`eye apps quota`); 0 (the default): none.
+    pub quota_rate: f64,
+    /// Events an application may send at once before its quota's rate applies; 0: twice the
+    /// rate (two seconds' worth).
+    pub quota_burst: f64,
     /// Take the client address from the first `X-Forwarded-For` entry (behind a trusted proxy
     /// or load balancer) instead of the connection's peer.
     pub trust_forwarded_for: bool,
@@ -152,6 +266,8 @@ impl Default for IngestSettings {
             http_max_body_bytes: 8 * 1024 * 1024,
             publishable_rate: 20.0,
             publishable_burst: 200.0,
+            quota_rate: 0.0,
+            quota_burst: 0.0,
             trust_forwarded_for: false,
         }
     }
@@ -419,6 +535,21 @@ impl Settings {
                 "must be above 0, and ingest.publishable_burst at least 1",
             );
         }
+        if self.store.retention.as_deref().is_some_and(|text| Retention::parse(text).is_none()) {
+            return invalid("store.retention", "must look like \"90 days\" or \"6 months\"");
+        }
+        if self.store.dedup_window_days == 0 || self.store.maintenance_interval_ms == 0 {
+            return invalid(
+                "store.dedup_window_days",
+                "must be at least 1, and store.maintenance_interval_ms above 0",
+            );
+        }
+        if self.privacy.pii_key.as_ref().is_some_and(|key| key.expose_secret().len() < 32) {
+            return invalid("privacy.pii_key", "must be at least 32 bytes");
+        }
+        if !(ingest.quota_rate >= 0.0 && ingest.quota_burst >= 0.0) {
+            return invalid("ingest.quota_rate", "must be 0 (no quota) or above, as quota_burst");
+        }
         for (field, consumer) in [
             ("validator.consumer", &self.validator.consumer),
             ("writer.consumer", &self.writer.consumer),
@@ -501,5 +632,24 @@ mod tests {
         settings.ingest.max_payload_depth = 500;
         let error = settings.validate().unwrap_err().to_string();
         assert!(error.contains("ingest.max_payload_depth"), "{error}");
+    }
+
+    #[test]
+    fn retention_reads_days_and_months_and_refuses_the_rest() {
+        assert_eq!(Retention::parse("90 days"), Some(Retention::Days(90)));
+        assert_eq!(Retention::parse("1 day"), Some(Retention::Days(1)));
+        assert_eq!(Retention::parse("30d"), Some(Retention::Days(30)));
+        assert_eq!(Retention::parse("6 months"), Some(Retention::Months(6)));
+        assert_eq!(Retention::parse("6mo"), Some(Retention::Months(6)));
+        for bad in ["", "0 days", "days", "6 weeks", "-1 days", "1.5 months"] {
+            assert_eq!(Retention::parse(bad), None, "{bad}");
+        }
+        let now = chrono::DateTime::parse_from_rfc3339("2026-03-31T12:00:00Z").unwrap().to_utc();
+        let cutoff = Retention::Months(1).cutoff(now);
+        assert_eq!(cutoff.to_rfc3339(), "2026-02-28T12:00:00+00:00");
+        let mut settings = Settings::default();
+        settings.store.retention = Some("forever".into());
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("store.retention"), "{error}");
     }
 }

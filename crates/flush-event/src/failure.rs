@@ -14,6 +14,10 @@ pub enum DbFailure {
     Retryable,
     /// The statement was cancelled, usually by `statement_timeout` (57014).
     Timeout,
+    /// The connection's role lacks a privilege (42501): a deployment error (a service connected
+    /// with a role not granted what it does, see the roles in the migrations), not the rows'
+    /// fault; it holds until the grants are fixed.
+    Forbidden,
     /// The statement itself failed (a constraint, bad data, a missing table, ...): retrying the
     /// same work fails the same way.
     Statement,
@@ -34,15 +38,17 @@ impl DbFailure {
                 }
                 Some("40001" | "40P01" | "40003") => Self::Retryable,
                 Some("57014") => Self::Timeout,
+                Some("42501") => Self::Forbidden,
                 _ => Self::Statement,
             },
             _ => Self::Statement,
         }
     }
 
-    /// Whether retrying the same work later can succeed: the rows are not to blame.
+    /// Whether retrying the same work later can succeed: the rows are not to blame (a missing
+    /// grant included: rows are retried, not dead-lettered, until it is fixed).
     pub fn is_transient(self) -> bool {
-        matches!(self, Self::Unreachable | Self::Retryable)
+        matches!(self, Self::Unreachable | Self::Retryable | Self::Forbidden)
     }
 }
 

@@ -69,6 +69,25 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Pipeline health: queue depth and lag per stage, events stored and errors in a window.
     Stats(StatsArgs),
+    /// Delete a data subject's events everywhere they are kept (in flight, stored, quarantined;
+    /// exported hours are marked for rewriting), with a receipt; every given filter must match.
+    Delete(DeleteArgs),
+    /// List deletion receipts, newest first.
+    Deletions {
+        /// Most receipts shown.
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the store's upkeep once (every writer also runs it on its own): create partitions
+    /// ahead of need, drop what is past `store.retention`, prune the dedup ledger.
+    Maintenance {
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const IMPORT_HELP: &str = "\
@@ -155,13 +174,51 @@ pub enum AppsCommand {
         #[arg(long = "origin", value_name = "ORIGIN", requires = "publishable")]
         origins: Vec<String>,
     },
-    /// List applications with their active keys and roles.
+    /// List applications with their active keys, roles and quotas.
     List,
+    /// Set an application's ingest quota (events a second, per ingest instance), or clear it so
+    /// that `ingest.quota_rate` applies. Over it, ingest answers RESOURCE_EXHAUSTED / 429 with
+    /// `retry-after`.
+    Quota {
+        /// Name of the application.
+        name: String,
+        /// Events a second; 0 exempts the application from the default quota.
+        #[arg(long, required_unless_present = "clear")]
+        rate: Option<f64>,
+        /// Events it may send at once before the rate applies [default: twice the rate].
+        #[arg(long, requires = "rate")]
+        burst: Option<f64>,
+        /// Remove the application's own quota.
+        #[arg(long, conflicts_with_all = ["rate", "burst"])]
+        clear: bool,
+    },
     /// Revoke an application and all its API keys.
     Revoke {
         /// Name of the application.
         name: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The events of this session (UUID).
+    #[arg(long)]
+    pub session: Option<uuid::Uuid>,
+    /// The events of this application (by name).
+    #[arg(long)]
+    pub application: Option<String>,
+    /// The events whose payload contains this JSON object, e.g. '{"user_id": "u1"}'.
+    #[arg(long, value_name = "JSON")]
+    pub contains: Option<String>,
+    /// Also refuse later events that match, at validation (reason `suppressed`).
+    #[arg(long)]
+    pub suppress: bool,
+    /// Confirm deleting a whole application's events (--application without another filter).
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the receipt as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

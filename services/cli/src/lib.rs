@@ -80,6 +80,18 @@ async fn run_command(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             let pool = database::admin_pool(&settings).await?;
             commands::migrate::run(&pool).await
         }
+        Command::Delete(args) => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::delete::run(&pool, args).await
+        }
+        Command::Deletions { limit, json } => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::delete::list(&pool, limit, json).await
+        }
+        Command::Maintenance { json } => {
+            let pool = database::admin_pool(&settings).await?;
+            commands::maintenance::run(&pool, &settings, json).await
+        }
         Command::Apps(command) => {
             let pool = database::admin_pool(&settings).await?;
             commands::apps::run(&pool, &settings, command).await

@@ -5,8 +5,20 @@
 //! `commit_max_events`) and commit it as one transaction: no timer, so an idle server commits at
 //! once and a busy one batches naturally while the previous commit is in flight. A full queue is
 //! answered at once with RESOURCE_EXHAUSTED rather than left hanging.
+//!
+//! The idempotency ledger is kept in day slices (`idempotency_keys`, partitioned by
+//! `accepted_on`): an id is looked up in the slices of the dedup window
+//! (`store.dedup_window_days`) and recorded in today's. Today's and tomorrow's slices are made
+//! sure of whenever this process's day changes (and at start), so no insert finds its slice
+//! missing; the writers' upkeep drops the slices past the window.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+};
 
 use chrono::{DateTime, Utc};
 use event_model::{ApplicationId, Event, batch};
@@ -52,16 +64,22 @@ impl Committer {
     pub fn start(
         pool: PgPool,
         settings: &eye_service::settings::IngestSettings,
+        dedup_window_days: u32,
         metrics: Metrics,
     ) -> Self {
         let (sender, receiver) = mpsc::channel(QUEUE_DEPTH);
         let receiver = Arc::new(Mutex::new(receiver));
+        let ledger = Arc::new(Ledger {
+            window_days: i32::try_from(dedup_window_days).unwrap_or(i32::MAX),
+            ensured_day: AtomicI64::new(i64::MIN),
+        });
         let loops = (0..settings.commit_concurrency)
             .map(|_| {
                 tokio::spawn(commit_loop(
                     pool.clone(),
                     receiver.clone(),
                     settings.commit_max_events,
+                    ledger.clone(),
                     metrics.clone(),
                 ))
             })
@@ -99,10 +117,39 @@ impl Committer {
     }
 }
 
+/// The idempotency ledger's window and the last day whose slices this process made sure of.
+#[derive(Debug)]
+struct Ledger {
+    window_days: i32,
+    /// Days since the epoch (UTC).
+    ensured_day: AtomicI64,
+}
+
+impl Ledger {
+    /// Makes sure today's and tomorrow's slices exist, once per day (a few statements the first
+    /// time a process commits each day; nothing otherwise).
+    async fn ensure_slices(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let now = Utc::now();
+        let day = now.timestamp().div_euclid(86_400);
+        if self.ensured_day.load(Ordering::Relaxed) == day {
+            return Ok(());
+        }
+        for at in [now, now + chrono::Duration::days(1)] {
+            sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, 'day')")
+                .bind(at)
+                .execute(pool)
+                .await?;
+        }
+        self.ensured_day.store(day, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 async fn commit_loop(
     pool: PgPool,
     receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
     max_events: usize,
+    ledger: Arc<Ledger>,
     metrics: Metrics,
 ) {
     loop {
@@ -131,7 +178,7 @@ async fn commit_loop(
             propagation::link_to_headers(&span, &submission.headers);
         }
         let requests = submissions.len();
-        match commit_group(&pool, submissions).instrument(span).await {
+        match commit_group(&pool, &ledger, submissions).instrument(span).await {
             Ok(outcomes) => {
                 metrics.ingest().observe_commit(requests, events);
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -152,8 +199,10 @@ async fn commit_loop(
 /// enqueue the new events of each submission as one outbox row.
 async fn commit_group(
     pool: &PgPool,
+    ledger: &Ledger,
     submissions: Vec<Submission>,
 ) -> Result<Vec<Vec<bool>>, sqlx::Error> {
+    ledger.ensure_slices(pool).await?;
     // Repeats within the group are duplicates of their first occurrence.
     let mut seen = HashSet::new();
     let first: Vec<Vec<bool>> = submissions
@@ -166,13 +215,19 @@ async fn commit_group(
     let (apps, ids): (Vec<Uuid>, Vec<Uuid>) = keys.into_iter().unzip();
 
     let mut tx = pool.begin().await?;
+    // New: in no slice of the window, and not inserted into today's by a racing group (its
+    // uncommitted row makes this insert wait, then conflict).
     let inserted: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "INSERT INTO idempotency_keys (application_id, event_id) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[]) \
+         SELECT c.a, c.e FROM UNNEST($1::uuid[], $2::uuid[]) AS c(a, e) \
+         WHERE NOT EXISTS (SELECT FROM idempotency_keys k \
+                           WHERE k.application_id = c.a AND k.event_id = c.e \
+                             AND k.accepted_on >= (now() AT TIME ZONE 'UTC')::date - $3) \
          ON CONFLICT DO NOTHING RETURNING application_id, event_id",
     )
     .bind(&apps)
     .bind(&ids)
+    .bind(ledger.window_days)
     .fetch_all(&mut *tx)
     .await?;
     let inserted: HashSet<(Uuid, Uuid)> = inserted.into_iter().collect();

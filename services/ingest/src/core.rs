@@ -2,10 +2,10 @@
 //! its trace context and the batch, and answers per event. The gRPC adapter ([`crate::grpc`],
 //! gRPC-Web included) and the HTTP adapter ([`crate::http`]) call it, so an event gets the same
 //! answer whichever way it came: keys and their browser rules, the limits of publishable keys,
-//! back-pressure, batch limits, the per-event envelope rules, group commit and duplicate
+//! applications' quotas, back-pressure, batch limits, the per-event envelope rules, group commit and duplicate
 //! detection are written once, here.
 
-use std::{net::IpAddr, time::Instant};
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use event_model::{ApplicationId, Limits, PayloadLimits, Rejection, envelope};
 use eye_proto::v1::{self as pb, EventResult, EventStatus, SendEventsResponse};
@@ -22,6 +22,7 @@ use crate::{
     backpressure::Backpressure,
     commit::{Committer, Submission},
     error::IngestError,
+    redaction::Redaction,
 };
 
 /// The headers of the request's outbox row: the context of the current (`SendEvents`) span, so
@@ -81,8 +82,13 @@ pub struct Ingest {
     metrics: Metrics,
     auth: Authenticator,
     publishable: RateLimiter<(uuid::Uuid, Option<IpAddr>)>,
+    /// Applications' quotas, by application id.
+    quotas: RateLimiter<uuid::Uuid>,
+    /// `ingest.quota_rate` / `quota_burst`: the quota of applications without their own.
+    default_quota: (f64, f64),
     backpressure: Backpressure,
     committer: Committer,
+    redaction: Arc<Redaction>,
     limits: Limits,
     max_batch_events: usize,
     max_batch_bytes: usize,
@@ -93,6 +99,7 @@ impl Ingest {
         auth: Authenticator,
         backpressure: Backpressure,
         committer: Committer,
+        redaction: Arc<Redaction>,
         settings: &IngestSettings,
         metrics: Metrics,
     ) -> Self {
@@ -100,8 +107,11 @@ impl Ingest {
             metrics,
             auth,
             publishable: RateLimiter::new(settings.publishable_rate, settings.publishable_burst),
+            quotas: RateLimiter::new(1.0, 1.0),
+            default_quota: (settings.quota_rate, settings.quota_burst),
             backpressure,
             committer,
+            redaction,
             limits: Limits {
                 max_event_bytes: settings.max_event_bytes,
                 max_type_chars: 255,
@@ -139,11 +149,20 @@ impl Ingest {
                     .ok_or(IngestError::DatabaseUnavailable)?
             };
             principal.check_origin(caller.origin)?;
+            let count = u32::try_from(events.len()).unwrap_or(u32::MAX);
+            let now = Instant::now();
             if principal.publishable {
-                let events = u32::try_from(events.len()).unwrap_or(u32::MAX);
                 self.publishable
-                    .take((principal.key_id, caller.address), events, Instant::now())
+                    .take((principal.key_id, caller.address), count, now)
                     .map_err(|retry_after| IngestError::RateLimited { retry_after })?;
+            }
+            if let Some(quota) = principal.quota(self.default_quota.0, self.default_quota.1) {
+                self.quotas.take_within(principal.application_id, count, now, quota).map_err(
+                    |retry_after| {
+                        self.metrics.ingest().record_over_quota(principal.application_id, count);
+                        IngestError::QuotaExceeded { retry_after }
+                    },
+                )?;
             }
             self.backpressure.check()?;
             self.send_as(&principal, trace, events).await
@@ -180,6 +199,8 @@ impl Ingest {
             return Err(IngestError::BatchTooLarge { size, limit: self.max_batch_bytes });
         }
 
+        // Nothing is enqueued before the redaction rules were read once.
+        self.redaction.ready().await.map_err(|error| IngestError::Storage(Arc::new(error)))?;
         let received_at = chrono::Utc::now();
         let mut results = Vec::with_capacity(events.len());
         let mut accepted = Vec::with_capacity(events.len());
@@ -192,7 +213,8 @@ impl Ingest {
                 Incoming::Refused { event_id, rejection } => (event_id, Err(rejection)),
             };
             match checked {
-                Ok(event) => {
+                Ok(mut event) => {
+                    self.redaction.apply(&mut event);
                     results.push(EventResult {
                         event_id: event.event_id.to_string(),
                         status: EventStatus::Accepted.into(),

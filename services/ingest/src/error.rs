@@ -24,6 +24,13 @@ pub enum IngestError {
         retry_after_seconds(*retry_after)
     )]
     RateLimited { retry_after: Duration },
+    /// The application sent more events than its quota allows (`eye apps quota`,
+    /// `ingest.quota_rate`).
+    #[error(
+        "this application is over its ingest quota; retry after {} s",
+        retry_after_seconds(*retry_after)
+    )]
+    QuotaExceeded { retry_after: Duration },
     /// Ingest is saturated; the client should retry after a pause.
     #[error("ingest is overloaded; retry with backoff")]
     Overloaded,
@@ -57,6 +64,7 @@ impl IngestError {
             Self::TooManyEvents { .. } => "too_many_events",
             Self::BatchTooLarge { .. } => "batch_too_large",
             Self::RateLimited { .. } => "rate_limited",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
             Self::Overloaded => "overloaded",
             Self::Backlogged { .. } => "backlogged",
             Self::DatabaseUnavailable => "database_unavailable",
@@ -69,7 +77,9 @@ impl IngestError {
     /// refusals that say "later": rate limits and back-pressure.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::RateLimited { retry_after } => Some(retry_after_seconds(*retry_after)),
+            Self::RateLimited { retry_after } | Self::QuotaExceeded { retry_after } => {
+                Some(retry_after_seconds(*retry_after))
+            }
             Self::Overloaded | Self::Backlogged { .. } | Self::DatabaseUnavailable => {
                 Some(RETRY_AFTER_SECONDS)
             }

@@ -104,6 +104,7 @@ impl From<IngestError> for Status {
             | IngestError::TooManyEvents { .. }
             | IngestError::BatchTooLarge { .. } => Status::invalid_argument(error.to_string()),
             IngestError::RateLimited { .. }
+            | IngestError::QuotaExceeded { .. }
             | IngestError::Overloaded
             | IngestError::Backlogged { .. } => retry_later(tonic::Code::ResourceExhausted, &error),
             IngestError::DatabaseUnavailable => retry_later(tonic::Code::Unavailable, &error),

@@ -167,7 +167,7 @@ struct ErrorBody {
     /// A stable code: `invalid_json`, `invalid_body`, `empty_batch`, `too_many_events`,
     /// `batch_too_large`, `body_too_large`, `unsupported_content_type`,
     /// `unsupported_content_encoding`, `missing_key`, `invalid_key`, `forbidden`,
-    /// `origin_not_allowed`, `secret_key_in_browser`, `rate_limited`, `backlogged`,
+    /// `origin_not_allowed`, `secret_key_in_browser`, `rate_limited`, `quota_exceeded`, `backlogged`,
     /// `database_unavailable`, ...
     code: &'static str,
     /// What is wrong, naming the field.
@@ -246,9 +246,10 @@ impl IntoResponse for IngestError {
             Self::Auth(_) => StatusCode::FORBIDDEN,
             Self::EmptyBatch | Self::TooManyEvents { .. } => StatusCode::BAD_REQUEST,
             Self::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited { .. } | Self::Overloaded | Self::Backlogged { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::RateLimited { .. }
+            | Self::QuotaExceeded { .. }
+            | Self::Overloaded
+            | Self::Backlogged { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::DatabaseUnavailable | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Storage(source) => {
                 // The database's text stays in our logs; the client learns only what to do.

@@ -15,6 +15,7 @@
 //!   into the `validate` stage.
 //! - [`backpressure`]: refuse at once (UNAVAILABLE / RESOURCE_EXHAUSTED with a retry hint) while
 //!   the database is down or the outbox backlog is over its bound.
+//! - [`redaction`]: personal properties (`x-eye-pii`) replaced before anything is enqueued.
 //! - [`error`]: the service's errors.
 //!
 //! Payloads are not checked against their schemas here: that is the validator's job, off the
@@ -26,6 +27,7 @@ pub mod core;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod redaction;
 
 use std::{sync::Arc, time::Duration};
 
@@ -53,6 +55,7 @@ pub struct Application {
     core: Arc<core::Ingest>,
     committer: commit::Committer,
     backpressure: backpressure::Backpressure,
+    redaction: Arc<redaction::Redaction>,
     database: DatabaseStatus,
     pool: sqlx::PgPool,
     settings: Settings,
@@ -78,15 +81,23 @@ impl Application {
         metrics.watch_pool(&pool);
         let listener = grpc_server::bind(&settings.ingest.host, settings.ingest.port).await?;
         let http = HttpListener::bind(&settings.ingest.host, settings.ingest.http_port).await?;
-        let committer = commit::Committer::start(pool.clone(), &settings.ingest, metrics.clone());
+        let committer = commit::Committer::start(
+            pool.clone(),
+            &settings.ingest,
+            settings.store.dedup_window_days,
+            metrics.clone(),
+        );
         let auth = Authenticator::new(pool.clone(), settings.auth_cache_ttl());
         let database = DatabaseStatus::default();
         let backpressure =
             backpressure::Backpressure::new(database.clone(), settings.ingest.max_backlog_rows);
+        let redaction =
+            Arc::new(redaction::Redaction::new(pool.clone(), settings.privacy.pii_key()));
         let core = Arc::new(core::Ingest::new(
             auth,
             backpressure.clone(),
             committer.clone(),
+            redaction.clone(),
             &settings.ingest,
             metrics,
         ));
@@ -96,6 +107,7 @@ impl Application {
             core,
             committer,
             backpressure,
+            redaction,
             database,
             pool,
             settings,
@@ -127,6 +139,7 @@ impl Application {
             core,
             committer,
             backpressure,
+            redaction,
             database,
             pool,
             settings,
@@ -144,11 +157,9 @@ impl Application {
         let http_server = http.spawn_until(routes, &shutdown);
         // Serves until the end of the drain, so the drain itself can be watched.
         let metrics_server = metrics.spawn();
-        tokio::spawn(backpressure.watch_backlog(
-            pool.clone(),
-            Duration::from_millis(settings.ingest.backlog_check_ms),
-            shutdown.clone(),
-        ));
+        let check = Duration::from_millis(settings.ingest.backlog_check_ms);
+        tokio::spawn(backpressure.watch_backlog(pool.clone(), check, shutdown.clone()));
+        tokio::spawn(redaction.watch(check, shutdown.clone()));
         let max_message = settings.ingest.max_batch_bytes.saturating_mul(4);
         let health =
             grpc_server::health("eye.v1.IngestService", pool, database, shutdown.clone()).await;

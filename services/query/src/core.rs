@@ -127,6 +127,49 @@ impl Query {
 
     /// The outbox's stages (depth and lag concern the whole pipeline), and what was stored and
     /// quarantined in the window, of what `readable` may read.
+    /// Deletes a data subject's events (`eye_admin::deletion`, as `eye delete` does), on behalf
+    /// of the admin key `principal`, and answers the receipt.
+    pub async fn delete_events(
+        &self,
+        principal: &eye_service::auth::Principal,
+        request: pb::DeleteEventsRequest,
+    ) -> Result<pb::DeleteEventsResponse, QueryError> {
+        use event_model::envelope::to_timestamp;
+        use eye_admin::deletion::{self, Subject};
+        let session = match request.session_id.trim() {
+            "" => None,
+            text => Some(Uuid::parse_str(text).map_err(|_| {
+                QueryError::invalid("session_id", format!("{text:?} is not a UUID"))
+            })?),
+        };
+        let contains = match request.contains_json.trim() {
+            "" => None,
+            text => Some(serde_json::from_str(text).map_err(|error| {
+                QueryError::invalid("contains_json", format!("not JSON: {error}"))
+            })?),
+        };
+        let application = Some(request.application.trim().to_owned()).filter(|a| !a.is_empty());
+        let subject = Subject { session, application, contains };
+        let requested_by = format!("key:{}", principal.key_id);
+        let receipt =
+            deletion::delete(&self.pool, &subject, &requested_by, request.suppress).await?;
+        let counts = &receipt.counts;
+        Ok(pb::DeleteEventsResponse {
+            deletion_id: receipt.id.to_string(),
+            requested_at: Some(to_timestamp(receipt.requested_at)),
+            finished_at: receipt.finished_at.map(to_timestamp),
+            filter_digest: receipt.filter_digest.clone(),
+            suppressed: receipt.suppressed,
+            events: counts.events as i64,
+            event_errors: counts.event_errors as i64,
+            outbox_events: counts.outbox_events as i64,
+            dead_letter_events: counts.dead_letter_events as i64,
+            sessions_recomputed: counts.sessions_recomputed as i64,
+            sessions_removed: counts.sessions_removed as i64,
+            export_hours: counts.export_hours as i64,
+        })
+    }
+
     pub async fn get_stats(
         &self,
         readable: &Readable,

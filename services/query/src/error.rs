@@ -18,9 +18,19 @@ pub enum QueryError {
     PageToken(#[from] TokenError),
     #[error("{0} not found")]
     NotFound(String),
+    /// An administrative operation refused the request; the message says why.
+    #[error("{0}")]
+    Refused(String),
     /// The statement ran past the server's statement timeout.
     #[error("the query took too long; narrow the filter (a time range, a session, or a type)")]
     Timeout,
+    /// The server's database role may not do what the request asks (a read-only `eye_query`
+    /// deployment asked to write).
+    #[error(
+        "this query server's database role may not do this (it is read-only); use a server whose \
+         role also holds eye_admin"
+    )]
+    ReadOnly,
     #[error("the event store cannot be read right now; retry with backoff")]
     Unavailable(#[source] sqlx::Error),
     #[error("the query failed on the server")]
@@ -42,7 +52,24 @@ impl From<sqlx::Error> for QueryError {
             }
             // A lost race (serialization failure, deadlock) is worth a retry too.
             DbFailure::Unreachable | DbFailure::Retryable => Self::Unavailable(error),
+            DbFailure::Forbidden => {
+                tracing::warn!(%error, "the query server's database role lacks a privilege");
+                Self::ReadOnly
+            }
             DbFailure::Statement => Self::Database(error),
+        }
+    }
+}
+
+impl From<eye_admin::AdminError> for QueryError {
+    fn from(error: eye_admin::AdminError) -> Self {
+        use eye_admin::AdminError;
+        match error {
+            AdminError::Database(source) => source.into(),
+            AdminError::NoSuchApplication { name } => {
+                Self::NotFound(format!("application `{name}`"))
+            }
+            other => Self::Refused(other.to_string()),
         }
     }
 }
@@ -56,6 +83,8 @@ impl From<QueryError> for tonic::Status {
                 Status::invalid_argument(error.to_string())
             }
             QueryError::NotFound(_) => Status::not_found(error.to_string()),
+            QueryError::Refused(_) => Status::invalid_argument(error.to_string()),
+            QueryError::ReadOnly => Status::permission_denied(error.to_string()),
             QueryError::Timeout => Status::deadline_exceeded(error.to_string()),
             QueryError::Unavailable(ref source) => {
                 tracing::warn!(error = %source, "database unavailable");

@@ -69,6 +69,18 @@ impl pb::query_service_server::QueryService for GrpcQuery {
         Ok(Response::new(self.core.replay_errors(&readable, request.into_inner()).await?))
     }
 
+    #[tracing::instrument(name = "DeleteEvents", skip_all, fields(key))]
+    async fn delete_events(
+        &self,
+        request: Request<pb::DeleteEventsRequest>,
+    ) -> Result<Response<pb::DeleteEventsResponse>, Status> {
+        let authorization = eye_service::grpc::authorization(request.metadata());
+        let principal =
+            self.auth.authenticate(authorization, Role::Admin).await.map_err(QueryError::from)?;
+        tracing::Span::current().record("key", principal.key_id.to_string());
+        Ok(Response::new(self.core.delete_events(&principal, request.into_inner()).await?))
+    }
+
     #[tracing::instrument(name = "GetStats", skip_all)]
     async fn get_stats(
         &self,

@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use event_model::{ApplicationId, ErrorReason, Event, batch};
 use eye_proto::v1::EventBatch;
 use eye_service::{
+    Settings,
     pipeline::{channel, header, stage},
-    settings::{UnknownTypePolicy, ValidatorSettings},
+    settings::UnknownTypePolicy,
 };
 use eye_telemetry::{
     metrics::{Metrics, ValidationMetrics},
@@ -22,7 +23,11 @@ use uuid::Uuid;
 use crate::{
     registry::{self, Registry},
     rules::TimestampRules,
+    suppressions::Suppressions,
 };
+
+/// The reason counted for events refused by a suppression (`eye delete --suppress`).
+pub const SUPPRESSED: &str = "suppressed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidatorError {
@@ -35,21 +40,28 @@ pub enum ValidatorError {
 #[derive(Debug)]
 pub struct Validator {
     rules: TimestampRules,
+    /// `privacy.pii_key`: the key of hashed personal properties.
+    pii_key: Option<Vec<u8>>,
     unknown_type_policy: UnknownTypePolicy,
     registry: Mutex<Registry>,
+    suppressions: Mutex<Suppressions>,
     metrics: Metrics,
 }
 
 impl Validator {
-    pub fn new(settings: &ValidatorSettings, metrics: Metrics) -> Self {
+    pub fn new(all: &Settings, metrics: Metrics) -> Self {
+        let settings = &all.validator;
         Self {
             metrics,
+            pii_key: all.privacy.pii_key(),
             rules: TimestampRules {
                 future_tolerance: Duration::from_millis(settings.future_tolerance_ms),
                 max_age: settings.max_age_ms.map(Duration::from_millis),
+                retention: all.store.retention(),
             },
             unknown_type_policy: settings.unknown_type_policy,
             registry: Mutex::default(),
+            suppressions: Mutex::default(),
         }
     }
 
@@ -204,6 +216,8 @@ impl Handler for Validator {
     ) -> Result<(), ValidatorError> {
         let mut registry = self.registry.lock().await;
         registry.refresh(conn).await?;
+        let mut suppressions = self.suppressions.lock().await;
+        suppressions.refresh(conn).await?;
         let mut valid: Vec<(EventBatch, Headers)> = Vec::with_capacity(rows.len());
         let mut quarantine = Quarantine::default();
         let mut replayed = Replayed::default();
@@ -224,10 +238,20 @@ impl Handler for Validator {
             let replay = row.headers.contains_key(header::REPLAY);
             let mut passed = Vec::with_capacity(row.body.events.len());
             for event in row.body.events.iter().cloned() {
-                let Ok((event, _)) = batch::decode_event(event) else {
+                let Ok((mut event, _)) = batch::decode_event(event) else {
                     undecodable += 1;
                     continue;
                 };
+                // Personal properties go before anything is checked or kept (ingest did it
+                // already unless the schema is newer than its copy; twice changes nothing).
+                if let Some(schema) = registry.get(&event.event_type) {
+                    schema.pii.apply(&mut event.data_json, self.pii_key.as_deref());
+                }
+                // A deleted subject's later events are refused, and kept nowhere.
+                if suppressions.matches(app.0, &event) {
+                    *errors.entry((SUPPRESSED, event.event_type.to_string())).or_default() += 1;
+                    continue;
+                }
                 match self.check(&registry, &event, received_at) {
                     Ok(version) => {
                         if replay {
@@ -255,6 +279,7 @@ impl Handler for Validator {
             spans.push(span);
         }
         drop(registry);
+        drop(suppressions);
         if undecodable > 0 {
             // Never drop silently: fail the hand-off so the row is retried and dead-lettered
             // (kept, with its body) rather than half-processed.

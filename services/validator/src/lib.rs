@@ -11,6 +11,7 @@
 pub mod handler;
 pub mod registry;
 pub mod rules;
+pub mod suppressions;
 
 use eye_service::{
     Settings,
@@ -36,7 +37,7 @@ impl ConsumerService for ValidatorService {
     }
 
     fn stage(settings: &Settings, _pool: &PgPool, metrics: &Metrics) -> handler::Validator {
-        handler::Validator::new(&settings.validator, metrics.clone())
+        handler::Validator::new(settings, metrics.clone())
     }
 }
 

@@ -7,13 +7,17 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use event_model::EventType;
+use event_model::{EventType, pii::Rules};
 use sqlx::PgConnection;
 
 /// A compiled schema in force for a type.
 pub struct Schema {
     pub version: i32,
+    /// Compiled with its personal properties relaxed (`event_model::pii::relaxed`): the payload
+    /// it checks is already redacted.
     pub validator: Result<jsonschema::Validator, String>,
+    /// Its personal properties (`x-eye-pii`), redacted before the payload is checked or kept.
+    pub pii: Rules,
 }
 
 #[derive(Default)]
@@ -62,11 +66,15 @@ impl Registry {
             let compiled = match self.schemas.remove(&event_type) {
                 Some(existing) if existing.version == version => existing,
                 _ => {
-                    let validator = jsonschema::validator_for(&schema).map_err(|e| e.to_string());
+                    let pii = Rules::of(&schema);
+                    let validator = pii.clone().and_then(|_| {
+                        let relaxed = event_model::pii::relaxed(&schema);
+                        jsonschema::validator_for(&relaxed).map_err(|e| e.to_string())
+                    });
                     if let Err(error) = &validator {
                         tracing::error!(%event_type, version, %error, "registered schema does not compile");
                     }
-                    Arc::new(Schema { version, validator })
+                    Arc::new(Schema { version, validator, pii: pii.unwrap_or_default() })
                 }
             };
             schemas.insert(event_type, compiled);

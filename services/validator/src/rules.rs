@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use event_model::ErrorReason;
+use eye_service::settings::Retention;
 
 /// The earliest timestamp accepted at all.
 pub fn floor() -> DateTime<Utc> {
@@ -17,6 +18,9 @@ pub struct TimestampRules {
     pub future_tolerance: Duration,
     /// How long before its receipt an event may have happened; `None`: only the 2000 floor.
     pub max_age: Option<Duration>,
+    /// The store's retention (`store.retention`): an event already past it when validated would
+    /// be dropped with its partition, so it is quarantined instead of stored.
+    pub retention: Option<Retention>,
 }
 
 impl TimestampRules {
@@ -46,6 +50,19 @@ impl TimestampRules {
                 format!("timestamp {} is before 2000-01-01", occurred_at.to_rfc3339()),
             ));
         }
+        if let Some(retention) = self.retention {
+            let cutoff = retention.cutoff(Utc::now());
+            if occurred_at < cutoff {
+                return Err((
+                    ErrorReason::TimestampTooOld,
+                    format!(
+                        "timestamp {} is before {}, the oldest time the store keeps (store.retention)",
+                        occurred_at.to_rfc3339(),
+                        cutoff.to_rfc3339()
+                    ),
+                ));
+            }
+        }
         if let Some(max_age) = self.max_age {
             let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::TimeDelta::MAX);
             if received_at - occurred_at > max_age {
@@ -71,8 +88,11 @@ mod tests {
         DateTime::parse_from_rfc3339(rfc3339).unwrap().with_timezone(&Utc)
     }
 
-    const RULES: TimestampRules =
-        TimestampRules { future_tolerance: Duration::from_secs(60), max_age: None };
+    const RULES: TimestampRules = TimestampRules {
+        future_tolerance: Duration::from_secs(60),
+        max_age: None,
+        retention: None,
+    };
 
     #[test]
     fn future_is_relative_to_receipt_with_tolerance() {
@@ -95,6 +115,13 @@ mod tests {
         assert!(RULES.check(at("2003-05-01T00:00:00Z"), received).is_ok());
         // ...and refused once a window is configured.
         let windowed = TimestampRules { max_age: Some(Duration::from_secs(86_400)), ..RULES };
+        let retained = TimestampRules { retention: Some(Retention::Days(30)), ..RULES };
+        // The store's retention, counted from now: what it would drop is not stored.
+        let now = Utc::now();
+        let (reason, message) = retained.check(now - chrono::Duration::days(31), now).unwrap_err();
+        assert_eq!(reason, ErrorReason::TimestampTooOld);
+        assert!(message.contains("store.retention"), "{message}");
+        assert!(retained.check(now - chrono::Duration::days(29), now).is_ok());
         assert!(windowed.check(at("2026-11-20T10:00:00Z"), received).is_ok());
         assert_eq!(
             windowed.check(at("2026-11-20T09:59:59Z"), received).unwrap_err().0,

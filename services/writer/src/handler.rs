@@ -9,8 +9,8 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::store::{self, Partitions, Rows};
 
-/// Partitions made ahead of need at start-up: this month's and the next two.
-const MONTHS_AHEAD: u32 = 2;
+/// Partitions made ahead of need at start-up: this day's or month's and the next two.
+const AHEAD: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -35,7 +35,7 @@ impl Writer {
 
 impl Stage for Writer {
     async fn prepare(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        self.partitions.ensure_ahead(pool, MONTHS_AHEAD).await
+        self.partitions.ensure_ahead(pool, AHEAD).await
     }
 }
 
@@ -49,7 +49,9 @@ impl Handler for Writer {
 
     fn is_transient(&self, error: &WriterError) -> bool {
         match error {
-            WriterError::Database(error) => flush_event::is_transient(error),
+            WriterError::Database(error) => {
+                flush_event::is_transient(error) || store::is_missing_partition(error)
+            }
             _ => false,
         }
     }
@@ -75,7 +77,8 @@ impl Handler for Writer {
             spans.push(span);
         }
         events.sort_unstable_by_key(|(app, _, event, _)| (*app, event.event_id));
-        self.partitions.ensure(&self.pool, events.iter().map(|(_, _, e, _)| e.occurred_at)).await?;
+        let times: Vec<_> = events.iter().map(|(_, _, event, _)| event.occurred_at).collect();
+        self.partitions.ensure(&self.pool, &times).await?;
 
         let mut columns = Rows::default();
         for (app, received_at, event, version) in events {
@@ -89,7 +92,12 @@ impl Handler for Writer {
             columns.received_at.push(received_at);
             columns.schema_version.push((version > 0).then_some(version));
         }
-        let stored = store::insert(conn, &columns).await?;
+        let stored = store::insert(conn, &columns).await.inspect_err(|error| {
+            if store::is_missing_partition(error) {
+                // Retention dropped a partition this process knew: look again on the retry.
+                self.partitions.forget();
+            }
+        })?;
         tracing::debug!(
             rows = rows.len(),
             events = columns.len(),

@@ -10,6 +10,10 @@
 //! # Layout
 //! - [`store`]: the partition cache and the insert + upsert statement.
 //! - [`handler`]: the outbox [`Handler`](flush_event::Handler).
+//!
+//! Beside its claim loops, every writer runs the store's upkeep (partitions ahead of need,
+//! retention, the dedup window: `eye_admin::maintenance`) every `store.maintenance_interval_ms`,
+//! one replica at a time.
 
 pub mod handler;
 pub mod store;
@@ -17,8 +21,12 @@ pub mod store;
 use eye_service::{
     Settings, consumer::ConsumerService, pipeline::stage, settings::ConsumerSettings,
 };
+use std::time::Duration;
+
+use eye_admin::maintenance::Policy;
 use eye_telemetry::metrics::Metrics;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 /// The writer as a consumer of the stage `write`.
 #[derive(Debug)]
@@ -32,8 +40,37 @@ impl ConsumerService for WriterService {
         &settings.writer.consumer
     }
 
-    fn stage(_settings: &Settings, pool: &PgPool, metrics: &Metrics) -> handler::Writer {
-        handler::Writer::new(pool.clone(), store::Partitions::default(), metrics.clone())
+    fn spawn_beside(settings: &Settings, pool: &PgPool, shutdown: &CancellationToken) {
+        tokio::spawn(maintain(
+            pool.clone(),
+            Policy::from_settings(&settings.store),
+            Duration::from_millis(settings.store.maintenance_interval_ms),
+            shutdown.clone(),
+        ));
+    }
+
+    fn stage(settings: &Settings, pool: &PgPool, metrics: &Metrics) -> handler::Writer {
+        let partitions = store::Partitions::new(settings.store.partition);
+        handler::Writer::new(pool.clone(), partitions, metrics.clone())
+    }
+}
+
+/// The store's upkeep every `interval` until `shutdown` (see `eye_admin::maintenance`): one
+/// replica at a time does it, the others find the lock taken and skip the round.
+async fn maintain(pool: PgPool, policy: Policy, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            done = eye_admin::maintenance::run(&pool, &policy, chrono::Utc::now()) => {
+                if let Err(error) = done {
+                    tracing::warn!(%error, source = ?std::error::Error::source(&error), "store upkeep failed; retrying next round");
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
     }
 }
 

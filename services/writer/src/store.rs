@@ -1,55 +1,88 @@
 //! Writing to the event store.
 
-use std::{collections::HashSet, sync::Mutex};
+use std::sync::Mutex;
 
-use chrono::{DateTime, Datelike, Months, TimeZone, Utc};
-use eye_service::pipeline::{channel, delivery};
+use chrono::{DateTime, Days, Months, Utc};
+use eye_service::{
+    pipeline::{channel, delivery},
+    settings::Granularity,
+};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// The month partitions known to exist, so that `eye_ensure_event_partition` runs only for months
-/// not seen before (once per month per process, in practice).
+/// The spans of `events` partitions known to exist, so that `eye_ensure_partition` runs only
+/// for times no known partition covers (once per new partition per process, in practice).
 #[derive(Debug, Default)]
 pub struct Partitions {
-    known: Mutex<HashSet<(i32, u32)>>,
+    granularity: Granularity,
+    known: Mutex<Vec<Span>>,
 }
 
+/// A partition's `[lower, upper)`; `None`: unbounded.
+type Span = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 impl Partitions {
-    /// Makes sure a partition exists for every month in `times`. Runs on the pool, outside the
+    /// New partitions span a day or a month (`store.partition`).
+    pub fn new(granularity: Granularity) -> Self {
+        Self { granularity, known: Mutex::default() }
+    }
+
+    fn covered(&self, at: DateTime<Utc>) -> bool {
+        let known = self.known.lock().expect("partition cache");
+        known.iter().any(|(lower, upper)| {
+            lower.is_none_or(|lower| lower <= at) && upper.is_none_or(|upper| at < upper)
+        })
+    }
+
+    /// Makes sure a partition covers every time in `times`. Runs on the pool, outside the
     /// hand-off transaction: creating a partition locks the parent table, and that lock should
     /// last milliseconds, not a whole batch.
-    pub async fn ensure(
-        &self,
-        pool: &PgPool,
-        times: impl IntoIterator<Item = DateTime<Utc>>,
-    ) -> Result<(), sqlx::Error> {
-        let missing: Vec<DateTime<Utc>> = {
-            let known = self.known.lock().expect("partition cache");
-            let mut months: Vec<_> = times
-                .into_iter()
-                .map(month_start)
-                .filter(|month| !known.contains(&(month.year(), month.month())))
-                .collect();
-            months.sort_unstable();
-            months.dedup();
-            months
-        };
-        for month in missing {
-            sqlx::query("SELECT eye_ensure_event_partition($1)").bind(month).execute(pool).await?;
-            self.known.lock().expect("partition cache").insert((month.year(), month.month()));
+    pub async fn ensure(&self, pool: &PgPool, times: &[DateTime<Utc>]) -> Result<(), sqlx::Error> {
+        for &at in times {
+            if self.covered(at) {
+                continue;
+            }
+            let partition: String =
+                sqlx::query_scalar("SELECT eye_ensure_partition('events', $1, $2)::text")
+                    .bind(at)
+                    .bind(self.granularity.as_str())
+                    .fetch_one(pool)
+                    .await?;
+            // A statement of its own: one made in the same statement would not be seen yet.
+            let span: Span = sqlx::query_as(
+                "SELECT lower_bound, upper_bound FROM eye_partitions('events') \
+                 WHERE partition = $1::regclass",
+            )
+            .bind(&partition)
+            .fetch_one(pool)
+            .await?;
+            self.known.lock().expect("partition cache").push(span);
         }
         Ok(())
     }
 
-    /// Creates this month's partition and the next `months` ones ahead of need.
-    pub async fn ensure_ahead(&self, pool: &PgPool, months: u32) -> Result<(), sqlx::Error> {
-        let now = month_start(Utc::now());
-        self.ensure(pool, (0..=months).filter_map(|m| now.checked_add_months(Months::new(m)))).await
+    /// Forgets what is known: after retention dropped a partition this process had seen.
+    pub fn forget(&self) {
+        self.known.lock().expect("partition cache").clear();
+    }
+
+    /// Creates the partition of now and those of the next `ahead` days or months.
+    pub async fn ensure_ahead(&self, pool: &PgPool, ahead: u32) -> Result<(), sqlx::Error> {
+        let now = Utc::now();
+        let times = (0..=ahead).filter_map(|n| match self.granularity {
+            Granularity::Day => now.checked_add_days(Days::new(u64::from(n))),
+            Granularity::Month => now.checked_add_months(Months::new(n)),
+        });
+        self.ensure(pool, &times.collect::<Vec<_>>()).await
     }
 }
 
-fn month_start(at: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(at.year(), at.month(), 1, 0, 0, 0).single().expect("first of month")
+/// Whether `error` is Postgres saying a row fits no partition (a partition dropped by retention
+/// after this process had seen it).
+pub fn is_missing_partition(error: &sqlx::Error) -> bool {
+    error.as_database_error().is_some_and(|error| {
+        error.code().as_deref() == Some("23514") && error.message().starts_with("no partition")
+    })
 }
 
 /// Events to store, column by column.

@@ -10,6 +10,10 @@ mod http;
 mod limits;
 mod metrics;
 mod poison;
+mod quotas;
+mod redaction;
+mod retention;
+mod roles;
 mod tls;
 
 use std::time::Duration;

@@ -23,6 +23,7 @@ pub struct IngestMetrics {
     request_duration: HistogramFamily<CodeLabel>,
     http_request_duration: HistogramFamily<StatusLabel>,
     refusals: Family<ReasonLabel, Counter>,
+    over_quota: Family<ApplicationLabel, Counter>,
     commit_requests: Histogram,
     commit_events: Histogram,
 }
@@ -37,6 +38,7 @@ impl IngestMetrics {
             request_duration: Family::new_with_constructor(request_histogram),
             http_request_duration: Family::new_with_constructor(request_histogram),
             refusals: Family::default(),
+            over_quota: Family::default(),
             commit_requests: rows_histogram(),
             commit_events: events_histogram(),
         };
@@ -75,8 +77,14 @@ impl IngestMetrics {
         registry.register(
             "eye_ingest_refusals",
             "Whole requests refused (any transport), by reason: missing_key, invalid_key, \
-             forbidden, origin_not_allowed, secret_key_in_browser, rate_limited, backlogged, ...",
+             forbidden, origin_not_allowed, secret_key_in_browser, rate_limited, quota_exceeded, \
+             backlogged, ...",
             this.refusals.clone(),
+        );
+        registry.register(
+            "eye_ingest_over_quota_events",
+            "Events refused because their application was over its ingest quota, by application id",
+            this.over_quota.clone(),
         );
         registry.register(
             "eye_ingest_commit_requests",
@@ -119,6 +127,13 @@ impl IngestMetrics {
         self.refusals.get_or_create(&ReasonLabel { reason }).inc();
     }
 
+    /// A request of `events` events refused because `application` was over its quota.
+    pub fn record_over_quota(&self, application: impl ToString, events: u32) {
+        self.over_quota
+            .get_or_create(&ApplicationLabel { application: application.to_string() })
+            .inc_by(u64::from(events));
+    }
+
     /// One group commit of `requests` requests holding `events` events.
     pub fn observe_commit(&self, requests: usize, events: usize) {
         self.commit_requests.observe(requests as f64);
@@ -129,4 +144,9 @@ impl IngestMetrics {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApplicationLabel {
+    application: String,
 }

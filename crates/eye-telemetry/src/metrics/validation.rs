@@ -23,7 +23,8 @@ impl ValidationMetrics {
         registry.register(
             "eye_validation_errors",
             "Events quarantined in event_errors, by reason code and event type \
-             (category/name, or unregistered)",
+             (category/name, or unregistered); reason `suppressed`: refused by a suppression \
+             (`eye delete --suppress`) and kept nowhere",
             this.errors.clone(),
         );
         this

@@ -41,9 +41,16 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: AppsCommand) -> an
                 println!("no applications yet; create one with `eye apps create NAME`");
                 return Ok(());
             }
-            let rows: Vec<[String; 6]> = apps
+            let rows: Vec<[String; 7]> = apps
                 .into_iter()
                 .map(|app| {
+                    let quota = match (app.ingest_rate, app.ingest_burst) {
+                        (None, _) => "default".to_owned(),
+                        (Some(0.0), _) => "none".to_owned(),
+                        (Some(rate), burst) => {
+                            format!("{rate}/s burst {}", burst.unwrap_or(2.0 * rate))
+                        }
+                    };
                     [
                         app.name,
                         app.id.to_string(),
@@ -51,16 +58,32 @@ pub async fn run(pool: &PgPool, settings: &Settings, command: AppsCommand) -> an
                         app.revoked_at.map(format_time).unwrap_or_else(|| "-".into()),
                         app.active_keys.to_string(),
                         if app.roles.is_empty() { "-".into() } else { app.roles.join(",") },
+                        quota,
                     ]
                 })
                 .collect();
             print!(
                 "{}",
                 table::render(
-                    ["NAME", "ID", "CREATED_AT", "REVOKED_AT", "ACTIVE_KEYS", "ROLES"],
+                    ["NAME", "ID", "CREATED_AT", "REVOKED_AT", "ACTIVE_KEYS", "ROLES", "QUOTA"],
                     &rows
                 )
             );
+        }
+        AppsCommand::Quota { name, rate, burst, clear: _ } => {
+            apps::set_quota(pool, &name, rate, burst).await.map_err(database::admin)?;
+            let ttl = settings.auth_cache_ttl().as_secs_f64();
+            match rate {
+                None => {
+                    println!("application `{name}` now has the default quota (ingest.quota_rate)")
+                }
+                Some(0.0) => println!("application `{name}` has no ingest quota"),
+                Some(rate) => println!(
+                    "application `{name}`: {rate} events/s, bursts of {}, per ingest instance",
+                    burst.unwrap_or(2.0 * rate)
+                ),
+            }
+            println!("ingest applies it within {ttl} s (auth.cache_ttl_ms)");
         }
         AppsCommand::Revoke { name } => {
             let revocation = apps::revoke(pool, &name)

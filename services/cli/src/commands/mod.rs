@@ -2,6 +2,7 @@
 //! `eye dev`) and a `run` that prints for humans.
 
 pub mod apps;
+pub mod delete;
 pub mod dev;
 pub mod dlq;
 pub mod errors;
@@ -9,6 +10,7 @@ pub mod events;
 pub mod export;
 pub mod import;
 pub mod load;
+pub mod maintenance;
 pub mod migrate;
 pub mod read;
 pub mod replay;

@@ -10,6 +10,7 @@ use eye_test_support::TestDb;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod delete;
 mod dev;
 mod export;
 mod import;
@@ -193,7 +194,23 @@ async fn apps_key_list_and_revoke() {
     let list = eye(&db.url, &["apps", "list"]).await.success();
     let line = list.stdout.lines().find(|line| line.starts_with("web shop")).expect("listed");
     let columns: Vec<&str> = line.split("  ").filter(|c| !c.is_empty()).map(str::trim).collect();
-    assert_eq!(columns[3..], ["-", "2", "ingest,read"], "{}", list.stdout);
+    assert_eq!(columns[3..], ["-", "2", "ingest,read", "default"], "{}", list.stdout);
+    for (args, shown) in [
+        (&["--rate", "50", "--burst", "100"][..], "50/s burst 100"),
+        (&["--rate", "20"][..], "20/s burst 40"),
+        (&["--rate", "0"][..], "none"),
+        (&["--clear"][..], "default"),
+    ] {
+        let mut command = vec!["apps", "quota", "web shop"];
+        command.extend(args);
+        let run = eye(&db.url, &command).await.success();
+        assert!(run.stdout.contains("cache_ttl_ms"), "{}", run.stdout);
+        let list = eye(&db.url, &["apps", "list"]).await.success();
+        let line = list.stdout.lines().find(|line| line.starts_with("web shop")).unwrap();
+        assert!(line.trim_end().ends_with(shown), "{args:?}: {line}");
+    }
+    let run = eye(&db.url, &["apps", "quota", "web shop", "--rate=-3"]).await.failure();
+    assert!(run.stderr.contains("0 or more"), "{}", run.stderr);
 
     let run = eye(&db.url, &["apps", "revoke", "web shop"]).await.success();
     assert!(run.stdout.contains("2 active key(s)"), "{}", run.stdout);

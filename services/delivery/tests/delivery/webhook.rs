@@ -264,3 +264,35 @@ async fn an_ordered_backfill_delivers_what_was_stored_then_what_comes_in_storage
     assert_eq!(status(&env.db, "queue-b").await.state, "live");
     delivery.stop().await;
 }
+
+#[tokio::test]
+async fn delivery_runs_as_its_least_privileged_role_backfill_included() {
+    let env = Env::start().await;
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let before = Utc::now();
+    env.send(events_of("Client_A", 0, 50)).await;
+    env.stored(50).await;
+    let created = subscribe(
+        &env.db,
+        "as-role",
+        Destination::Webhook(receiver.at("r")),
+        client("Client_A"),
+        Some(before),
+        false,
+    )
+    .await;
+    receiver.verify_with("r", created.secret.as_deref().unwrap());
+    let mut settings = crate::settings(&env.db);
+    settings.database.url = Some(eye_e2e::login_as(&env.db, "eye_delivery").await.into());
+    let delivery = crate::Delivery::start(settings).await;
+    env.send(events_of("Client_A", 50, 50)).await;
+    receiver
+        .wait(WAIT, "100 events, 50 backfilled", |log| {
+            let seen: HashSet<String> =
+                log.seen.get("r").map(|s| ids(s)).unwrap_or_default().into_iter().collect();
+            seen.len() >= 100
+        })
+        .await;
+    assert_eq!(status(&env.db, "as-role").await.dead_letters, 0);
+    delivery.stop().await;
+}

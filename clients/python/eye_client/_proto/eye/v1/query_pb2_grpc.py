@@ -75,6 +75,11 @@ class QueryServiceStub(object):
                 request_serializer=eye_dot_v1_dot_query__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=eye_dot_v1_dot_query__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.DeleteEvents = channel.unary_unary(
+                '/eye.v1.QueryService/DeleteEvents',
+                request_serializer=eye_dot_v1_dot_query__pb2.DeleteEventsRequest.SerializeToString,
+                response_deserializer=eye_dot_v1_dot_query__pb2.DeleteEventsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer(object):
@@ -134,6 +139,15 @@ class QueryServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteEvents(self, request, context):
+        """Deletes a data subject's events everywhere (in flight, stored, quarantined; exported hours
+        are marked for rewriting) and returns the receipt. Admin keys only (PERMISSION_DENIED
+        otherwise). See DeleteEventsRequest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +175,11 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=eye_dot_v1_dot_query__pb2.GetStatsRequest.FromString,
                     response_serializer=eye_dot_v1_dot_query__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'DeleteEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEvents,
+                    request_deserializer=eye_dot_v1_dot_query__pb2.DeleteEventsRequest.FromString,
+                    response_serializer=eye_dot_v1_dot_query__pb2.DeleteEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +333,33 @@ class QueryService(object):
             '/eye.v1.QueryService/GetStats',
             eye_dot_v1_dot_query__pb2.GetStatsRequest.SerializeToString,
             eye_dot_v1_dot_query__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eye.v1.QueryService/DeleteEvents',
+            eye_dot_v1_dot_query__pb2.DeleteEventsRequest.SerializeToString,
+            eye_dot_v1_dot_query__pb2.DeleteEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
