@@ -21,9 +21,19 @@ LANGUAGE sql STABLE SET TimeZone = 'UTC' AS $$
     WHERE i.inhparent = parent
 $$;
 
+-- The first day of the idempotency ledger's slice holding `at`: slices are `window_days` long,
+-- counted from 1970-01-01 (UTC). The one definition of a slice, for ingest's lookups, the
+-- partitions and their pruning.
+CREATE FUNCTION eye_ledger_slice(window_days integer, at timestamptz) RETURNS date
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT date '1970-01-01'
+           + (((at AT TIME ZONE 'UTC')::date - date '1970-01-01') / window_days) * window_days
+$$;
+
 -- Creates, if none covers `at`, the partition of `parent` (`events` or `idempotency_keys`) for the
--- day or month (`granularity`) holding `at` (UTC), clipped to its neighbours: the store can move
--- from month to day partitions (or back) at any time, and both kinds then coexist. Safe to call
+-- day, the month or the `N days` slice since 1970-01-01 (`granularity`) holding `at` (UTC),
+-- clipped to its neighbours: the store can move from month to day partitions (or back) at any
+-- time, and both kinds then coexist. Safe to call
 -- concurrently (an advisory lock serialises creators). Owned by the schema owner and run with its
 -- rights, so the services' own roles need no right to create tables.
 CREATE FUNCTION eye_ensure_partition(parent regclass, at timestamptz, granularity text)
@@ -39,8 +49,9 @@ BEGIN
     IF parent NOT IN ('events'::regclass, 'idempotency_keys'::regclass) THEN
         RAISE EXCEPTION 'eye_ensure_partition: % is not partitioned by The Eye', parent;
     END IF;
-    IF granularity NOT IN ('day', 'month') THEN
-        RAISE EXCEPTION 'eye_ensure_partition: granularity must be day or month, not %', granularity;
+    IF granularity !~ '^(day|month|[1-9][0-9]* days)$' THEN
+        RAISE EXCEPTION 'eye_ensure_partition: granularity must be day, month or N days, not %',
+            granularity;
     END IF;
     SELECT p.partition INTO existing FROM eye_partitions(parent) p
     WHERE (p.lower_bound IS NULL OR p.lower_bound <= at) AND (p.upper_bound IS NULL OR at < p.upper_bound);
@@ -54,14 +65,18 @@ BEGIN
     IF existing IS NOT NULL THEN
         RETURN existing;
     END IF;
-    part_start := date_trunc(granularity, at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
-    part_end := part_start + ('1 ' || granularity)::interval;
+    IF granularity LIKE '% days' THEN
+        part_start := eye_ledger_slice(split_part(granularity, ' ', 1)::integer, at)::timestamp
+                      AT TIME ZONE 'UTC';
+        part_end := part_start + granularity::interval;
+    ELSE
+        part_start := date_trunc(granularity, at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+        part_end := part_start + ('1 ' || granularity)::interval;
+    END IF;
     SELECT greatest(part_start, max(p.upper_bound)) INTO part_start
     FROM eye_partitions(parent) p WHERE p.upper_bound <= at;
     SELECT least(part_end, min(p.lower_bound)) INTO part_end
     FROM eye_partitions(parent) p WHERE p.lower_bound > at;
-    part_start := coalesce(part_start, date_trunc(granularity, at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC');
-    part_end := coalesce(part_end, part_start + ('1 ' || granularity)::interval);
     is_date := parent = 'idempotency_keys'::regclass;
     part_name := format('%s_p%s', parent::text,
         CASE WHEN granularity = 'month' AND part_end - part_start >= interval '28 days'
@@ -135,34 +150,29 @@ BEGIN
 END;
 $$;
 
--- The idempotency ledger, in day slices (`accepted_on`, UTC): ingest looks an id up in the slices
--- of the dedup window (`store.dedup_window_days`) and records it in today's; upkeep drops the
--- slices past the window. The primary key includes the slice, as Postgres requires, so two
--- requests racing with one id on the same day still conflict (the second answers DUPLICATE).
--- A ledger kept so far becomes the first slice, ending tomorrow: it ages out with the window.
+-- The idempotency ledger, in slices as long as the dedup window (`store.dedup_window_days`,
+-- `eye_ledger_slice`): ingest records an id in the current slice, whose primary key (application,
+-- event id, slice) also makes two requests racing with one id conflict, and looks it up in the
+-- previous slice only: one extra index probe, whatever the window. An id is so remembered for
+-- at least the window and at most twice it; upkeep drops the slices before the previous one.
+-- The ids of the last 14 days kept so far are carried over (in 7-day slices, the default window);
+-- older ones are past any window.
 ALTER TABLE idempotency_keys RENAME TO idempotency_keys_legacy;
 CREATE TABLE idempotency_keys (
     application_id  uuid        NOT NULL,
     event_id        uuid        NOT NULL,
-    accepted_on     date        NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')::date,
+    -- The first day of its slice (`eye_ledger_slice`).
+    slice           date        NOT NULL,
     accepted_at     timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (application_id, event_id, accepted_on)
-) PARTITION BY RANGE (accepted_on);
-DO $$
-BEGIN
-    IF EXISTS (SELECT FROM idempotency_keys_legacy) THEN
-        ALTER TABLE idempotency_keys_legacy
-            ADD COLUMN accepted_on date NOT NULL DEFAULT (now() AT TIME ZONE 'UTC')::date;
-        ALTER TABLE idempotency_keys_legacy DROP CONSTRAINT idempotency_keys_pkey;
-        ALTER TABLE idempotency_keys_legacy ADD PRIMARY KEY (application_id, event_id, accepted_on);
-        EXECUTE format(
-            'ALTER TABLE idempotency_keys ATTACH PARTITION idempotency_keys_legacy '
-            'FOR VALUES FROM (MINVALUE) TO (%L)', (now() AT TIME ZONE 'UTC')::date + 1);
-    ELSE
-        DROP TABLE idempotency_keys_legacy;
-    END IF;
-END;
-$$;
+    PRIMARY KEY (application_id, event_id, slice)
+) PARTITION BY RANGE (slice);
+SELECT eye_ensure_partition('idempotency_keys', at, '7 days')
+FROM (SELECT DISTINCT eye_ledger_slice(7, accepted_at)::timestamp AT TIME ZONE 'UTC' AS at
+      FROM idempotency_keys_legacy WHERE accepted_at > now() - interval '14 days') recent;
+INSERT INTO idempotency_keys (application_id, event_id, slice, accepted_at)
+SELECT application_id, event_id, eye_ledger_slice(7, accepted_at), accepted_at
+FROM idempotency_keys_legacy WHERE accepted_at > now() - interval '14 days';
+DROP TABLE idempotency_keys_legacy;
 
 -- Deletion receipts (`eye delete`): who asked, when, for what, and how many rows of which tables
 -- went. The subject itself is not kept: the filter is recorded by its kinds (`session`,

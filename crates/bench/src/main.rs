@@ -71,6 +71,9 @@ enum Scenario {
     /// One application sends open loop at `--rate`, alone and then while another floods ingest
     /// closed loop over its quota (`--quota`): the first one's ack latency in both phases.
     Quota,
+    /// The steady run with one ingest, validator and writer, then with two of each against the
+    /// same Postgres (the load spread over both ingests): throughput as a ratio, nothing lost.
+    ScaleOut,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -117,12 +120,26 @@ struct Args {
     /// (`http://...` a webhook, `nats://...` JetStream).
     #[arg(long)]
     deliver_to: Option<String>,
+    /// Instances of each of ingest, validator and writer (the load goes round robin over the
+    /// ingests).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
     /// The flooding application's quota, events/s (the quota scenario).
     #[arg(long, default_value_t = 2_000.0)]
     quota: f64,
     /// nats-server binary (the delivery scenario).
     #[arg(long, default_value = "nats-server")]
     nats_server: String,
+}
+
+/// The `scale-out` scenario.
+#[derive(Debug, Serialize)]
+struct ScaleOutComparison {
+    one: Report,
+    two: Report,
+    /// End-to-end events/s with two of each over one of each.
+    two_to_one_end_to_end: f64,
+    two_to_one_acknowledged: f64,
 }
 
 /// The `quota` scenario.
@@ -194,6 +211,8 @@ struct Report {
     outbox_bytes_after: i64,
     /// Subscriptions matching every event during the run.
     subscriptions: usize,
+    /// Instances of each of ingest, validator and writer.
+    instances: usize,
     /// Events/s delivered (all subscriptions together), from eye-delivery's start to the last
     /// acknowledged delivery, when `--deliver-to` was given.
     delivered_per_second: Option<f64>,
@@ -241,11 +260,11 @@ async fn main() -> anyhow::Result<()> {
     }
     let server = harness::durable_server_url("eye-bench-pg")?;
     if args.scenario == Scenario::Transports {
-        let grpc = run_once(&args, &server, Scenario::Steady).await?;
-        let http = run_once(&args, &server, Scenario::Http).await?;
+        let (grpc, http, end_to_end, acknowledged) =
+            two_runs((&args, Scenario::Steady), (&args, Scenario::Http), &server).await?;
         let comparison = TransportComparison {
-            http_to_grpc_end_to_end: http.end_to_end_per_second / grpc.end_to_end_per_second,
-            http_to_grpc_acknowledged: http.acknowledged_per_second / grpc.acknowledged_per_second,
+            http_to_grpc_end_to_end: end_to_end,
+            http_to_grpc_acknowledged: acknowledged,
             grpc,
             http,
         };
@@ -258,6 +277,20 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::Quota {
         return quota_scenario(&args, &server).await;
+    }
+    if args.scenario == Scenario::ScaleOut {
+        let (one, two) = (Args { instances: 1, ..args.clone() }, Args { instances: 2, ..args });
+        let (one, two, end_to_end, acknowledged) =
+            two_runs((&one, Scenario::Steady), (&two, Scenario::Steady), &server).await?;
+        let comparison = ScaleOutComparison {
+            two_to_one_end_to_end: end_to_end,
+            two_to_one_acknowledged: acknowledged,
+            one,
+            two,
+        };
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+        check(&comparison.one)?;
+        return check(&comparison.two);
     }
     if args.scenario != Scenario::Clients {
         let report = run_once(&args, &server, args.scenario).await?;
@@ -282,6 +315,20 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// One scenario on a fresh database, dropped afterwards.
+/// Two runs on fresh databases, and the second's end-to-end and acknowledged rates over the
+/// first's.
+async fn two_runs(
+    (first_args, first): (&Args, Scenario),
+    (second_args, second): (&Args, Scenario),
+    server: &str,
+) -> anyhow::Result<(Report, Report, f64, f64)> {
+    let a = run_once(first_args, server, first).await?;
+    let b = run_once(second_args, server, second).await?;
+    let end_to_end = b.end_to_end_per_second / a.end_to_end_per_second;
+    let acknowledged = b.acknowledged_per_second / a.acknowledged_per_second;
+    Ok((a, b, end_to_end, acknowledged))
+}
+
 async fn quota_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
     let db = fresh_database(server).await?;
     let result = quota_run(args, &db).await;
@@ -394,6 +441,7 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
     };
     report.outbox_bytes_before = outbox_bytes(&mut conn).await?;
     report.subscriptions = args.subscriptions;
+    report.instances = args.instances.max(1);
     for i in 0..args.subscriptions {
         let destination = match args.deliver_to.as_deref() {
             Some(url) if url.starts_with("nats") => Destination::Nats(url.into()),
@@ -412,19 +460,33 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
 
     let (port, http_port) = (free_port()?, free_port()?);
     let mut services = vec![spawn(args, "eye-ingest", &db.url, port, http_port)?];
+    let mut more_ingests = Vec::new();
+    for _ in 1..args.instances.max(1) {
+        let (port, http_port) = (free_port()?, free_port()?);
+        services.push(spawn(args, "eye-ingest", &db.url, port, http_port)?);
+        more_ingests.push(format!("http://127.0.0.1:{port}"));
+    }
     if scenario != Scenario::Drain {
-        services.push(spawn(args, "eye-validator", &db.url, port, http_port)?);
-        services.push(spawn(args, "eye-writer", &db.url, port, http_port)?);
+        for _ in 0..args.instances.max(1) {
+            services.push(spawn(args, "eye-validator", &db.url, port, http_port)?);
+            services.push(spawn(args, "eye-writer", &db.url, port, http_port)?);
+        }
     }
     let endpoint = format!("http://127.0.0.1:{port}");
     wait_until_serving(&endpoint).await?;
+    for endpoint in &more_ingests {
+        wait_until_serving(endpoint).await?;
+    }
 
     let seed = rand::random::<u64>();
     let batches = Arc::new(match scenario {
         Scenario::Client | Scenario::ClientSpool => seeded_batches(args, seed),
         _ => make_batches(args),
     });
-    let channels = connect(&endpoint, args.concurrency.min(4)).await?;
+    let mut channels = connect(&endpoint, args.concurrency.min(4)).await?;
+    for endpoint in &more_ingests {
+        channels.extend(connect(endpoint, args.concurrency.min(4)).await?);
+    }
     let started = Instant::now();
     let outcome = match scenario {
         Scenario::Latency => open_loop(args, &key, batches.clone(), &channels).await,

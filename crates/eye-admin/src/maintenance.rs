@@ -4,18 +4,19 @@
 //!
 //! What a run does, in order:
 //! 1. creates the `events` partitions of now and the next two days or months
-//!    (`store.partition`) and the ledger's slices of today and tomorrow;
+//!    (`store.partition`) and the ledger's current and next slices;
 //! 2. with a retention (`store.retention`): drops the `events` partitions that end before now
 //!    minus the retention (whole partitions: never a mass `DELETE`), recomputes the sessions that
 //!    had events there (removing those left empty), and deletes the quarantined events and dead
 //!    letters older than the retention (small tables, deleted in slices);
-//! 3. drops the ledger's slices older than the dedup window (`store.dedup_window_days`).
+//! 3. drops the ledger's slices before the previous one (slices are as long as the dedup window,
+//!    `store.dedup_window_days`, so an id is remembered for at least the window).
 //!
 //! Dropping a partition takes a short exclusive lock on `events`; each drop waits at most
 //! [`LOCK_TIMEOUT`] for it (a long query holding `events` makes the run fail and the next one
 //! retry) rather than queue ingest's writers behind it.
 
-use chrono::{DateTime, Days, Months, NaiveTime, Utc};
+use chrono::{DateTime, Days, Months, NaiveDate, NaiveTime, Utc};
 use eye_service::settings::{Granularity, Retention, StoreSettings};
 use sqlx::PgPool;
 
@@ -88,9 +89,12 @@ pub async fn run(pool: &PgPool, policy: &Policy, now: DateTime<Utc>) -> Result<R
             .execute(pool)
             .await?;
     }
-    for at in [now, now + chrono::Duration::days(1)] {
-        sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, 'day')")
+    let window = i32::try_from(policy.dedup_window_days).unwrap_or(i32::MAX);
+    let span = format!("{window} days");
+    for at in [now, now + chrono::Duration::days(i64::from(window))] {
+        sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, $2)")
             .bind(at)
+            .bind(&span)
             .execute(pool)
             .await?;
     }
@@ -127,10 +131,15 @@ pub async fn run(pool: &PgPool, policy: &Policy, now: DateTime<Utc>) -> Result<R
         .await?;
     }
 
-    // The window's first day is kept whole: ids are remembered for at least the window.
-    let oldest_kept = now.date_naive() - Days::new(u64::from(policy.dedup_window_days));
-    let oldest_kept = oldest_kept.and_time(NaiveTime::MIN).and_utc();
-    report.dropped_ledger_slices = drop_before(pool, "idempotency_keys", oldest_kept).await?;
+    // The previous slice is kept, the ones before it dropped: ids are remembered for at least
+    // the window.
+    let previous: NaiveDate = sqlx::query_scalar("SELECT eye_ledger_slice($1, $2) - $1")
+        .bind(window)
+        .bind(now)
+        .fetch_one(pool)
+        .await?;
+    let previous = previous.and_time(NaiveTime::MIN).and_utc();
+    report.dropped_ledger_slices = drop_before(pool, "idempotency_keys", previous).await?;
     guard.rollback().await?;
     if !report.dropped_partitions.is_empty() || !report.dropped_ledger_slices.is_empty() {
         tracing::info!(

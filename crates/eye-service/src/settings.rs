@@ -51,8 +51,9 @@ pub struct StoreSettings {
     /// The span of a new partition of `events`: `month` (the default) or `day` (for a retention
     /// in days). Changing it applies to partitions created from then on.
     pub partition: Granularity,
-    /// How long ingest remembers an event id (the idempotency ledger), in days (at least 1;
-    /// default 7): a retry within it is answered DUPLICATE.
+    /// How long ingest remembers an event id at least (the idempotency ledger, kept in slices of
+    /// this many days, so at most twice it), in days (at least 1; default 7): a retry within it
+    /// is answered DUPLICATE.
     pub dedup_window_days: u32,
     /// How often a writer runs the upkeep.
     pub maintenance_interval_ms: u64,
@@ -289,6 +290,10 @@ pub struct QuerySettings {
     pub console_secret: Option<SecretString>,
     /// How long a console sign-in lasts.
     pub console_session_minutes: u64,
+    /// Where reads go (`EYE__QUERY__DATABASE_URL`): a streaming replica of the primary. Unset:
+    /// the primary (`database.url`), which always takes the writes (replays, deletions, keys)
+    /// and the key lookups.
+    pub database_url: Option<SecretString>,
 }
 
 impl Default for QuerySettings {
@@ -300,6 +305,7 @@ impl Default for QuerySettings {
             http_port: 8081,
             console_secret: None,
             console_session_minutes: 480,
+            database_url: None,
         }
     }
 }

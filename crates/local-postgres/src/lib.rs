@@ -193,6 +193,44 @@ impl LocalPostgres {
         })
     }
 
+    /// A streaming replica of this server in `options.base_dir`: made once with
+    /// `pg_basebackup -R` (which writes the standby settings), then started (or found running).
+    /// It accepts read-only connections once started; what it has replayed is
+    /// `pg_last_wal_replay_lsn()`.
+    pub fn start_replica(&self, options: &Options) -> Result<LocalPostgres, Error> {
+        let mut replica = Self::locate(options)?;
+        let _lock = replica.lock()?;
+        if !replica.data_dir.exists() {
+            if let Some(user) = &replica.run_as {
+                let mut chown = Command::new("chown");
+                chown.args(["-R", &format!("{user}:")]).arg(&replica.base_dir);
+                run(chown)?;
+            }
+            let mut cmd = replica.command(&replica.tool("pg_basebackup"));
+            cmd.arg("-D").arg(&replica.data_dir);
+            cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"]);
+            cmd.args(["-R", "-X", "stream", "-c", "fast"]);
+            run(cmd)?;
+            // The copied configuration names the primary's socket directory; later lines win.
+            let conf_path = replica.data_dir.join("postgresql.conf");
+            let mut file = OpenOptions::new()
+                .append(true)
+                .open(&conf_path)
+                .map_err(io_err(format!("could not open {}", conf_path.display())))?;
+            let conf = format!(
+                "\n# Added by local-postgres (replica).\nunix_socket_directories = '{}'\n",
+                conf_quote(&replica.base_dir)
+            );
+            io::Write::write_all(&mut file, conf.as_bytes())
+                .map_err(io_err(format!("could not write {}", conf_path.display())))?;
+        }
+        replica.remove_stale_pid()?;
+        replica.port =
+            if replica.running()? { replica.running_port()? } else { replica.start()? };
+        replica.url = format!("postgres://postgres@127.0.0.1:{}/postgres", replica.port);
+        Ok(replica)
+    }
+
     /// `postgres://postgres@127.0.0.1:PORT/postgres` (trust authentication).
     pub fn url(&self) -> &str {
         &self.url
@@ -398,7 +436,22 @@ impl LocalPostgres {
         cmd
     }
 
-    /// A command for one of the server binaries, run as the server user.
+    /// Where `program` is: beside `initdb`, or (when `initdb` is a link, as a `/usr/local/bin`
+    /// holding only the server's links) beside the file it links to.
+    fn tool(&self, program: &str) -> String {
+        let beside = self.bin_dir.join(program);
+        if beside.exists() {
+            return program.to_owned();
+        }
+        fs::canonicalize(self.bin_dir.join("initdb"))
+            .ok()
+            .and_then(|initdb| Some(initdb.parent()?.join(program)))
+            .filter(|path| path.exists())
+            .map_or_else(|| program.to_owned(), |path| path.display().to_string())
+    }
+
+    /// A command for one of the server binaries (a name in the binaries' directory, or a path),
+    /// run as the server user.
     fn command(&self, program: &str) -> Command {
         let program = self.bin_dir.join(program);
         let mut cmd = match &self.run_as {

@@ -6,11 +6,12 @@
 //! once and a busy one batches naturally while the previous commit is in flight. A full queue is
 //! answered at once with RESOURCE_EXHAUSTED rather than left hanging.
 //!
-//! The idempotency ledger is kept in day slices (`idempotency_keys`, partitioned by
-//! `accepted_on`): an id is looked up in the slices of the dedup window
-//! (`store.dedup_window_days`) and recorded in today's. Today's and tomorrow's slices are made
-//! sure of whenever this process's day changes (and at start), so no insert finds its slice
-//! missing; the writers' upkeep drops the slices past the window.
+//! The idempotency ledger is kept in slices as long as the dedup window
+//! (`store.dedup_window_days`; `idempotency_keys`, partitioned by `slice`): an id is recorded in
+//! the current slice (its key conflict answers a repeat within it, racing ones included) and
+//! looked up in the previous one, one more index probe whatever the window. The current and the
+//! next slice are made sure of whenever this process's day changes (and at start), so no insert
+//! finds its slice missing; the writers' upkeep drops the slices before the previous one.
 
 use std::{
     collections::HashSet,
@@ -126,7 +127,7 @@ struct Ledger {
 }
 
 impl Ledger {
-    /// Makes sure today's and tomorrow's slices exist, once per day (a few statements the first
+    /// Makes sure the current and the next slice exist, once per day (two statements the first
     /// time a process commits each day; nothing otherwise).
     async fn ensure_slices(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
         let now = Utc::now();
@@ -134,9 +135,11 @@ impl Ledger {
         if self.ensured_day.load(Ordering::Relaxed) == day {
             return Ok(());
         }
-        for at in [now, now + chrono::Duration::days(1)] {
-            sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, 'day')")
+        let span = format!("{} days", self.window_days);
+        for at in [now, now + chrono::Duration::days(i64::from(self.window_days))] {
+            sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, $2)")
                 .bind(at)
+                .bind(&span)
                 .execute(pool)
                 .await?;
         }
@@ -215,14 +218,15 @@ async fn commit_group(
     let (apps, ids): (Vec<Uuid>, Vec<Uuid>) = keys.into_iter().unzip();
 
     let mut tx = pool.begin().await?;
-    // New: in no slice of the window, and not inserted into today's by a racing group (its
-    // uncommitted row makes this insert wait, then conflict).
+    // New: not in the previous slice, and not in the current one (the key conflict says so, also
+    // for a racing group's uncommitted row: this insert waits for it, then conflicts).
     let inserted: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "INSERT INTO idempotency_keys (application_id, event_id) \
-         SELECT c.a, c.e FROM UNNEST($1::uuid[], $2::uuid[]) AS c(a, e) \
+        "INSERT INTO idempotency_keys (application_id, event_id, slice) \
+         SELECT c.a, c.e, eye_ledger_slice($3, now()) \
+         FROM UNNEST($1::uuid[], $2::uuid[]) AS c(a, e) \
          WHERE NOT EXISTS (SELECT FROM idempotency_keys k \
                            WHERE k.application_id = c.a AND k.event_id = c.e \
-                             AND k.accepted_on >= (now() AT TIME ZONE 'UTC')::date - $3) \
+                             AND k.slice = eye_ledger_slice($3, now()) - $3) \
          ON CONFLICT DO NOTHING RETURNING application_id, event_id",
     )
     .bind(&apps)

@@ -201,6 +201,7 @@ impl Ingest {
 
         // Nothing is enqueued before the redaction rules were read once.
         self.redaction.ready().await.map_err(|error| IngestError::Storage(Arc::new(error)))?;
+        let redact = self.redaction.rules();
         let received_at = chrono::Utc::now();
         let mut results = Vec::with_capacity(events.len());
         let mut accepted = Vec::with_capacity(events.len());
@@ -214,7 +215,7 @@ impl Ingest {
             };
             match checked {
                 Ok(mut event) => {
-                    self.redaction.apply(&mut event);
+                    redact.apply(&mut event);
                     results.push(EventResult {
                         event_id: event.event_id.to_string(),
                         status: EventStatus::Accepted.into(),

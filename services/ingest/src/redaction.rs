@@ -12,10 +12,26 @@ use std::{
     time::Duration,
 };
 
-use event_model::{Event, EventType, pii::Rules};
+use event_model::{Event, EventType, pii};
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+
+/// The rules of every type with personal properties, as read at one moment.
+#[derive(Debug)]
+pub struct Rules<'a> {
+    by_type: Arc<HashMap<EventType, pii::Rules>>,
+    key: &'a Option<Vec<u8>>,
+}
+
+impl Rules<'_> {
+    /// Redacts `event`'s payload if its type has personal properties.
+    pub fn apply(&self, event: &mut Event) {
+        if let Some(rules) = self.by_type.get(&event.event_type) {
+            rules.apply(&mut event.data_json, self.key.as_deref());
+        }
+    }
+}
 
 /// The redaction rules by type, and the key of hashed properties.
 #[derive(Debug)]
@@ -26,7 +42,7 @@ pub struct Redaction {
     loaded: OnceCell<()>,
     /// The registry's generation (its row count: registering only adds versions) and the rules
     /// of the types that have any.
-    rules: RwLock<(i64, Arc<HashMap<EventType, Rules>>)>,
+    rules: RwLock<(i64, Arc<HashMap<EventType, pii::Rules>>)>,
 }
 
 impl Redaction {
@@ -39,12 +55,9 @@ impl Redaction {
         self.loaded.get_or_try_init(|| self.refresh()).await.map(|_| ())
     }
 
-    /// Redacts `event`'s payload if its type has personal properties.
-    pub fn apply(&self, event: &mut Event) {
-        let rules = self.rules.read().expect("redaction rules").1.clone();
-        if let Some(rules) = rules.get(&event.event_type) {
-            rules.apply(&mut event.data_json, self.key.as_deref());
-        }
+    /// The rules as they are now, for one batch.
+    pub fn rules(&self) -> Rules<'_> {
+        Rules { by_type: self.rules.read().expect("redaction rules").1.clone(), key: &self.key }
     }
 
     /// Rereads the rules if the registry changed.
@@ -61,10 +74,10 @@ impl Redaction {
         )
         .fetch_all(pool)
         .await?;
-        let rules: HashMap<EventType, Rules> = schemas
+        let rules: HashMap<EventType, pii::Rules> = schemas
             .into_iter()
             .filter_map(|(category, name, schema)| {
-                let rules = Rules::of(&schema).ok().filter(|rules| !rules.is_empty())?;
+                let rules = pii::Rules::of(&schema).ok().filter(|rules| !rules.is_empty())?;
                 Some((EventType::new(category, name), rules))
             })
             .collect();

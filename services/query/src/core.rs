@@ -19,15 +19,25 @@ use crate::{
     token::{self, Kind, Position, TokenError},
 };
 
-/// The read path over one pool. Cheap to share (`Arc`).
+/// The read path over its pools: reads on `pool` (a replica's, or the primary's), writes and
+/// what must see the latest state on `primary`. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct Query {
     pool: PgPool,
+    primary: PgPool,
+    /// Whether `pool` is a replica's (`GetStats` then reports its lag).
+    replica: bool,
 }
 
 impl Query {
+    /// Reads and writes on the primary's `pool`.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self { primary: pool.clone(), pool, replica: false }
+    }
+
+    /// Reads on a streaming replica's `reads`, writes on the `primary`.
+    pub fn with_replica(reads: PgPool, primary: PgPool) -> Self {
+        Self { pool: reads, primary, replica: true }
     }
 
     pub async fn list_events(
@@ -116,7 +126,7 @@ impl Query {
             ));
         }
         let replayed =
-            queries::replay_errors(&self.pool, &request.error_ids, &filter, i64::from(limit))
+            queries::replay_errors(&self.primary, &request.error_ids, &filter, i64::from(limit))
                 .await?;
         tracing::info!(events = replayed.events, batches = replayed.batches, "errors replayed");
         Ok(pb::ReplayErrorsResponse {
@@ -152,7 +162,7 @@ impl Query {
         let subject = Subject { session, application, contains };
         let requested_by = format!("key:{}", principal.key_id);
         let receipt =
-            deletion::delete(&self.pool, &subject, &requested_by, request.suppress).await?;
+            deletion::delete(&self.primary, &subject, &requested_by, request.suppress).await?;
         let counts = &receipt.counts;
         Ok(pb::DeleteEventsResponse {
             deletion_id: receipt.id.to_string(),
@@ -178,7 +188,12 @@ impl Query {
         let window = stats_window(request.window)?;
         let since = Utc::now() - chrono::Duration::from_std(window).expect("at most 7 days");
         let stats = queries::stats(&self.pool, readable, since).await?;
-        Ok(stats_message(stats, since))
+        let mut message = stats_message(stats, since);
+        if self.replica {
+            let lag = eye_telemetry::metrics::replica_lag(&self.pool).await?;
+            message.replica_lag = lag.map(crate::response::seconds);
+        }
+        Ok(message)
     }
 
     /// One page of events after `after`: `page_size` at most (fewer if the page would pass
@@ -204,9 +219,15 @@ impl Query {
         Ok((events, next_page_token))
     }
 
-    /// The pool, for the console's own reads (the live tail, its charts) beside the RPCs'.
+    /// The read pool, for the console's own reads (the live tail, its charts) beside the RPCs'.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The primary's pool, for the console's writes (keys) and its change notifications (a
+    /// replica relays no `NOTIFY`).
+    pub fn primary(&self) -> &PgPool {
+        &self.primary
     }
 
     /// Checks an event filter as `ListEvents` does (the console's tail takes the same filters).

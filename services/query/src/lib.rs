@@ -64,6 +64,8 @@ pub struct Application {
     server: tonic::transport::Server,
     service: grpc::GrpcQuery,
     pool: PgPool,
+    /// The replica's pool, when reads go to one.
+    reads: Option<PgPool>,
     metrics: MetricsEndpoint,
 }
 
@@ -83,11 +85,24 @@ impl Application {
     async fn build_on(settings: Settings, metrics: MetricsEndpoint) -> anyhow::Result<Self> {
         let pool = pool(&settings.database)?;
         metrics.metrics().watch_pool(&pool);
+        // Reads from a replica when one is configured; writes and key lookups stay on the primary.
+        let reads = match &settings.query.database_url {
+            Some(url) => {
+                let replica =
+                    DatabaseSettings { url: Some(url.clone()), ..settings.database.clone() };
+                Some(self::pool(&replica)?)
+            }
+            None => None,
+        };
         let listener = grpc_server::bind(&settings.query.host, settings.query.port).await?;
         // The same cache bound as ingest's: one bound on how long a revoked key works.
         let auth = Authenticator::new(pool.clone(), settings.auth_cache_ttl());
         let http = HttpListener::bind(&settings.query.host, settings.query.http_port).await?;
-        let query = Arc::new(core::Query::new(pool.clone()));
+        let query = Arc::new(match &reads {
+            Some(reads) => core::Query::with_replica(reads.clone(), pool.clone()),
+            None => core::Query::new(pool.clone()),
+        });
+
         let console = console::Console::new(
             query.clone(),
             auth.clone(),
@@ -97,7 +112,7 @@ impl Application {
         let service = grpc::GrpcQuery::new(query, auth);
         let timeout = Duration::from_millis(settings.query.request_timeout_ms);
         let server = grpc_server::server(&settings.tls, timeout)?;
-        Ok(Self { listener, http, console, server, service, pool, metrics })
+        Ok(Self { listener, http, console, server, service, pool, reads, metrics })
     }
 
     /// The bound port (useful with port 0).
@@ -118,7 +133,11 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then stops accepting and lets in-flight requests
     /// finish, within a grace period.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let Self { listener, http, console, mut server, service, pool, metrics } = self;
+        let Self { listener, http, console, mut server, service, pool, reads, metrics } = self;
+        if let Some(reads) = reads {
+            let every = eye_telemetry::metrics::OUTBOX_SAMPLE_INTERVAL;
+            metrics.metrics().sample_replica_lag(reads, every, shutdown.clone());
+        }
         let metrics_server = metrics.spawn();
         let console_server = http.spawn_until(console.router(), &shutdown);
         let health =

@@ -141,6 +141,8 @@ pub(crate) fn stats_message(stats: queries::Stats, since: DateTime<Utc>) -> pb::
             .map(|(reason, count)| pb::ReasonCount { reason, count })
             .collect(),
         dead_letters,
+        // Set by the caller when it reads from a replica.
+        replica_lag: None,
     }
 }
 

@@ -248,21 +248,22 @@ async fn the_ledger_stays_bounded_and_the_store_key_catches_an_old_retry() {
     let (db, app, key) = db_with_key("shop", &["ingest"]).await;
     let policy = Policy { retention: None, granularity: Granularity::Month, dedup_window_days: 7 };
 
-    // A simulated month: each day, 1,000 ids accepted into that day's slice, then that day's
-    // upkeep. The ledger never holds more than the window (7 days) plus today. (Before the
+    // A simulated month: each day, 1,000 ids accepted into that day's slice (7 days long, as the
+    // window), then that day's upkeep. The ledger holds the current and the previous slice: never
+    // more than two windows of ids, never less than one once a window has passed. (Before the
     // pipeline starts: its writer's upkeep lives in real time.)
     let start = Utc::now() - chrono::Duration::days(30);
     let mut sizes = Vec::new();
     for day in 0..30 {
         let at = start + chrono::Duration::days(day);
-        sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, 'day')")
+        sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, '7 days')")
             .bind(at)
             .execute(&db.pool)
             .await
             .unwrap();
         sqlx::query(
-            "INSERT INTO idempotency_keys (application_id, event_id, accepted_on, accepted_at) \
-             SELECT $1, gen_random_uuid(), ($2 AT TIME ZONE 'UTC')::date, $2 FROM generate_series(1, 1000)",
+            "INSERT INTO idempotency_keys (application_id, event_id, slice, accepted_at) \
+             SELECT $1, gen_random_uuid(), eye_ledger_slice(7, $2), $2 FROM generate_series(1, 1000)",
         )
         .bind(app)
         .bind(at)
@@ -273,13 +274,13 @@ async fn the_ledger_stays_bounded_and_the_store_key_catches_an_old_retry() {
         sizes.push(count(&db.pool, "SELECT count(*) FROM idempotency_keys").await);
     }
     println!("ledger rows after each simulated day: {sizes:?}");
-    assert!(sizes.iter().all(|&size| size <= 8 * 1000), "{sizes:?}");
-    assert_eq!(sizes.last(), Some(&8_000), "a full window (7 days and today) is kept");
+    assert!(sizes.iter().all(|&size| size <= 14 * 1000), "at most two windows: {sizes:?}");
+    assert!(sizes[7..].iter().all(|&size| size >= 7 * 1000), "at least one window: {sizes:?}");
     assert_eq!(sizes[0], 1_000);
     let pipeline = Pipeline::start_with(settings(&db), 1, 1, false).await;
 
     // An event accepted today, then remembered no longer (its slice moved out of the window and
-    // dropped, as 8 days of upkeep would).
+    // dropped, as two weeks of upkeep would).
     let session = Uuid::new_v4();
     let sent = event(session, "c", "n", json!({}), Utc::now());
     let retry = SendEventsRequest { events: vec![sent.clone()], sent_at: None };
@@ -292,17 +293,19 @@ async fn the_ledger_stays_bounded_and_the_store_key_catches_an_old_retry() {
     })
     .await;
     let old = Utc::now() - chrono::Duration::days(20);
-    sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, 'day')")
+    sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, '7 days')")
         .bind(old)
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE idempotency_keys SET accepted_on = ($1 AT TIME ZONE 'UTC')::date WHERE event_id = $2::uuid")
-        .bind(old)
-        .bind(&sent.event_id)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE idempotency_keys SET slice = eye_ledger_slice(7, $1) WHERE event_id = $2::uuid",
+    )
+    .bind(old)
+    .bind(&sent.event_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
     run_upkeep(&db.pool, &policy, Utc::now()).await;
     assert_eq!(
         count(

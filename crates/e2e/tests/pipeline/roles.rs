@@ -126,10 +126,11 @@ async fn each_service_role_is_refused_what_it_must_not_do() {
         ("ingest", "UPDATE api_keys SET revoked_at = now()", DENIED),
         ("ingest", "INSERT INTO event_schemas VALUES ('c', 'n', 1, '{}')", DENIED),
         ("ingest", drop_expired, DENIED),
-        ("ingest", "SELECT eye_ensure_partition('idempotency_keys', now(), 'day')", None),
+        ("ingest", "SELECT eye_ensure_partition('idempotency_keys', now(), '7 days')", None),
         (
             "ingest",
-            "INSERT INTO idempotency_keys (application_id, event_id) VALUES (gen_random_uuid(), gen_random_uuid())",
+            "INSERT INTO idempotency_keys (application_id, event_id, slice) \
+             VALUES (gen_random_uuid(), gen_random_uuid(), eye_ledger_slice(7, now()))",
             None,
         ),
         // The validator cannot store events, nor read keys.

@@ -30,7 +30,7 @@ mod validation;
 use std::{
     sync::{
         Arc, Mutex, OnceLock, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -40,10 +40,10 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Registry, Unit},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -102,12 +102,27 @@ struct Inner {
     delivery: OnceLock<DeliveryMetrics>,
     pools: OnceLock<Arc<Pools>>,
     outbox_sampled: AtomicBool,
+    replica_lag: OnceLock<Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
+}
+
+/// How far the server behind `pool` is behind its primary, in seconds: `None` on a primary, 0
+/// when it has replayed everything it received, else the time since the last transaction it
+/// replayed was committed. The one reading of replica lag (the metrics, `GetStats`).
+pub async fn replica_lag(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN NOT pg_is_in_recovery() THEN NULL \
+                     WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() \
+                     THEN 0::float8 \
+                     ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 impl Metrics {
@@ -185,6 +200,41 @@ impl Metrics {
                         failing = true;
                     }
                     Err(_) => {}
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
+
+    /// Samples how far the streaming replica behind `pool` is behind its primary every `every`
+    /// until `shutdown`, as `eye_query_replica_lag_seconds` (see [`replica_lag`]).
+    pub fn sample_replica_lag(&self, pool: PgPool, every: Duration, shutdown: CancellationToken) {
+        let gauge = self
+            .inner
+            .replica_lag
+            .get_or_init(|| {
+                let gauge = Gauge::<f64, AtomicU64>::default();
+                self.inner.registry.write().expect("metrics registry").register_with_unit(
+                    "eye_query_replica_lag",
+                    "How far the replica the query service reads from is behind its primary \
+                     (0 when it has replayed all it received)",
+                    Unit::Seconds,
+                    gauge.clone(),
+                );
+                gauge
+            })
+            .clone();
+        tokio::spawn(async move {
+            loop {
+                match replica_lag(&pool).await {
+                    Ok(Some(lag)) => {
+                        gauge.set(lag);
+                    }
+                    Ok(None) => tracing::warn!("the query's read database is not a replica"),
+                    Err(error) => tracing::debug!(%error, "cannot sample the replica's lag"),
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return,

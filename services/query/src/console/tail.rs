@@ -49,8 +49,10 @@ pub(super) async fn stream(
         .and_then(DateTime::from_timestamp_micros);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let pool = console.query.pool().clone();
+    // Notifications come from the primary: a replica relays none.
+    let primary = console.query.primary().clone();
     tokio::spawn(async move {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await.ok();
+        let mut listener = sqlx::postgres::PgListener::connect_with(&primary).await.ok();
         if let Some(listener) = &mut listener {
             let _ = listener.listen(channel::STORED).await;
         }

@@ -724,7 +724,7 @@ pub(super) async fn issue_key(
             Role::from_name(role).ok_or_else(|| Failure::Invalid(format!("role: no role {role:?}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let issued = eye_admin::apps::issue_key(console.query.pool(), &name, &roles).await?;
+    let issued = eye_admin::apps::issue_key(console.query.primary(), &name, &roles).await?;
     apps_page(&who, &console, Some((&name, &issued.key))).await
 }
 
@@ -735,6 +735,6 @@ pub(super) async fn revoke(
     Form(fields): Form<Fields>,
 ) -> Result<Response, Failure> {
     who.admin_form(field(&fields, "_csrf"))?;
-    eye_admin::apps::revoke(console.query.pool(), &name).await?;
+    eye_admin::apps::revoke(console.query.primary(), &name).await?;
     Ok(Redirect::to("/apps").into_response())
 }

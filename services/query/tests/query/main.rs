@@ -6,6 +6,7 @@ mod get_stats;
 mod list_errors;
 mod list_events;
 mod replay_errors;
+mod replica;
 mod scoped;
 
 use std::{collections::HashSet, time::Duration};
