@@ -71,6 +71,9 @@ enum Scenario {
     /// One application sends open loop at `--rate`, alone and then while another floods ingest
     /// closed loop over its quota (`--quota`): the first one's ack latency in both phases.
     Quota,
+    /// Ack latency at `--rate` open loop, alone (the `latency` scenario), then while the validator
+    /// and the writer drain a backlog of `--backlog` events enqueued before they started.
+    LatencyBacklog,
     /// The steady run with one ingest, validator and writer, then with two of each against the
     /// same Postgres (the load spread over both ingests): throughput as a ratio, nothing lost.
     ScaleOut,
@@ -124,12 +127,75 @@ struct Args {
     /// ingests).
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// Events waiting in the outbox when the drain starts (the latency-backlog scenario).
+    #[arg(long, default_value_t = 1_000_000)]
+    backlog: usize,
     /// The flooding application's quota, events/s (the quota scenario).
     #[arg(long, default_value_t = 2_000.0)]
     quota: f64,
     /// nats-server binary (the delivery scenario).
     #[arg(long, default_value = "nats-server")]
     nats_server: String,
+}
+
+/// The `latency-backlog` scenario.
+#[derive(Debug, Serialize)]
+struct BacklogComparison {
+    offered_rate: usize,
+    backlog: usize,
+    alone_ms: Percentiles,
+    draining_ms: Percentiles,
+    /// p99 ack latency while a backlog drains over alone (target: p99 at most 25 ms in both).
+    p99_draining_to_alone: f64,
+    /// From the consumers' start until the backlog and the measured load were all stored.
+    drain_seconds: f64,
+    failed_requests: usize,
+    machine: String,
+}
+
+struct Draining {
+    ack_ms: Percentiles,
+    drain_seconds: f64,
+    failed: usize,
+}
+
+/// Enqueues `--backlog` events with ingest alone, starts a validator and a writer, and measures
+/// ack latency at `--rate` while they drain it.
+async fn backlog_run(args: &Args, db: &Database) -> anyhow::Result<Draining> {
+    let mut conn = PgConnection::connect(&db.url).await?;
+    let key = create_key(&mut conn).await?;
+    register_schema(&mut conn).await?;
+    let (port, http_port) = (free_port()?, free_port()?);
+    let mut services = vec![spawn(args, "eye-ingest", &db.url, port, http_port)?];
+    let endpoint = format!("http://127.0.0.1:{port}");
+    wait_until_serving(&endpoint).await?;
+    let channels = connect(&endpoint, 4).await?;
+    // The backlog, as fast as ingest takes it (past ingest's back-pressure bound, it waits).
+    let backlog = Args { events: args.backlog, batch: 500, ..args.clone() };
+    let filled = closed_loop(&backlog, &key, Arc::new(make_batches(&backlog)), &channels).await;
+    let started = Instant::now();
+    services.push(spawn(args, "eye-validator", &db.url, port, http_port)?);
+    services.push(spawn(args, "eye-writer", &db.url, port, http_port)?);
+    let measured = open_loop(args, &key, Arc::new(make_batches(args)), &channels).await;
+    let want = (filled.accepted + measured.accepted) as i64;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    loop {
+        let stored: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
+        if stored >= want || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drain_seconds = started.elapsed().as_secs_f64();
+    for service in &mut services {
+        service.stop().await;
+    }
+    Ok(Draining {
+        ack_ms: Percentiles::of(measured.latencies_ms),
+        drain_seconds,
+        failed: filled.failed + measured.failed,
+    })
 }
 
 /// The `scale-out` scenario.
@@ -277,6 +343,26 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::Quota {
         return quota_scenario(&args, &server).await;
+    }
+    if args.scenario == Scenario::LatencyBacklog {
+        let alone = run_once(&args, &server, Scenario::Latency).await?;
+        check(&alone)?;
+        let db = fresh_database(&server).await?;
+        let draining = backlog_run(&args, &db).await;
+        let _ = harness::drop_database(&server, &db.name).await;
+        let draining = draining?;
+        let comparison = BacklogComparison {
+            offered_rate: args.rate,
+            backlog: args.backlog,
+            p99_draining_to_alone: draining.ack_ms.p99 / alone.ack_latency_ms.p99,
+            alone_ms: alone.ack_latency_ms,
+            draining_ms: draining.ack_ms,
+            drain_seconds: draining.drain_seconds,
+            failed_requests: draining.failed,
+            machine: harness::machine(),
+        };
+        println!("{}", serde_json::to_string_pretty(&comparison)?);
+        return Ok(());
     }
     if args.scenario == Scenario::ScaleOut {
         let (one, two) = (Args { instances: 1, ..args.clone() }, Args { instances: 2, ..args });
