@@ -29,6 +29,17 @@ const SLICE: i64 = 5_000;
 /// Partitions made ahead of need: the current day or month and the next two.
 const AHEAD: u32 = 2;
 
+/// The times whose `events` partitions are made ahead of need: `now` and the same time in each
+/// of the next [`AHEAD`] days or months (by `granularity`). The writer's start-up uses it too.
+pub fn ahead(granularity: Granularity, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+    (0..=AHEAD)
+        .filter_map(|n| match granularity {
+            Granularity::Day => now.checked_add_days(Days::new(u64::from(n))),
+            Granularity::Month => now.checked_add_months(Months::new(n)),
+        })
+        .collect()
+}
+
 /// What to keep, from the settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -78,26 +89,15 @@ pub async fn run(pool: &PgPool, policy: &Policy, now: DateTime<Utc>) -> Result<R
     }
     let mut report = Report { ran: true, ..Report::default() };
 
-    for n in 0..=AHEAD {
-        let at = match policy.granularity {
-            Granularity::Day => now.checked_add_days(Days::new(u64::from(n))),
-            Granularity::Month => now.checked_add_months(Months::new(n)),
-        };
+    for at in ahead(policy.granularity, now) {
         sqlx::query("SELECT eye_ensure_partition('events', $1, $2)")
             .bind(at)
             .bind(policy.granularity.as_str())
             .execute(pool)
             .await?;
     }
+    eye_service::database::ensure_ledger_slices(pool, policy.dedup_window_days, now).await?;
     let window = i32::try_from(policy.dedup_window_days).unwrap_or(i32::MAX);
-    let span = format!("{window} days");
-    for at in [now, now + chrono::Duration::days(i64::from(window))] {
-        sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, $2)")
-            .bind(at)
-            .bind(&span)
-            .execute(pool)
-            .await?;
-    }
 
     if let Some(retention) = policy.retention {
         let cutoff = retention.cutoff(now);

@@ -36,6 +36,25 @@ pub fn pool(settings: &DatabaseSettings) -> Result<PgPool, SettingsError> {
 }
 
 /// Applies pending migrations.
+/// Makes sure the idempotency ledger's slice holding `now` and the next one exist (slices of
+/// `window_days`, `eye_ledger_slice`): what ingest does before its first commit of a day and the
+/// upkeep each round, so that no insert finds its slice missing.
+pub async fn ensure_ledger_slices(
+    pool: &PgPool,
+    window_days: u32,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    let span = format!("{window_days} days");
+    for at in [now, now + chrono::Duration::days(i64::from(window_days))] {
+        sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, $2)")
+            .bind(at)
+            .bind(&span)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }

@@ -12,7 +12,10 @@
 //! - [`grpc`]: binding, health (NOT_SERVING until the database answers), reflection, and the
 //!   mapping of auth errors to `tonic::Status`.
 //! - [`http`]: the one HTTP stack (axum): bind, serve with a bounded drain, `/metrics`.
-//! - [`rate_limit`]: a keyed token bucket (publishable keys per client address).
+//! - [`rate_limit`]: a keyed token bucket (publishable keys per client address, applications'
+//!   quotas).
+//! - [`schemas`]: the schema registry's read side (the schema in force per type, and whether it
+//!   changed), for the validator and ingest's redaction.
 //! - [`consumer`]: the shell every consumer stage (validator, writer, ...) runs in.
 
 pub mod auth;
@@ -22,6 +25,7 @@ pub mod grpc;
 pub mod http;
 pub mod pipeline;
 pub mod rate_limit;
+pub mod schemas;
 pub mod settings;
 pub mod shutdown;
 

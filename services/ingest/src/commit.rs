@@ -135,14 +135,8 @@ impl Ledger {
         if self.ensured_day.load(Ordering::Relaxed) == day {
             return Ok(());
         }
-        let span = format!("{} days", self.window_days);
-        for at in [now, now + chrono::Duration::days(i64::from(self.window_days))] {
-            sqlx::query("SELECT eye_ensure_partition('idempotency_keys', $1, $2)")
-                .bind(at)
-                .bind(&span)
-                .execute(pool)
-                .await?;
-        }
+        let window = u32::try_from(self.window_days).unwrap_or(u32::MAX);
+        eye_service::database::ensure_ledger_slices(pool, window, now).await?;
         self.ensured_day.store(day, Ordering::Relaxed);
         Ok(())
     }

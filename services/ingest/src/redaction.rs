@@ -13,6 +13,7 @@ use std::{
 };
 
 use event_model::{Event, EventType, pii};
+use eye_service::schemas;
 use sqlx::PgPool;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -62,23 +63,16 @@ impl Redaction {
 
     /// Rereads the rules if the registry changed.
     pub async fn refresh(&self) -> Result<(), sqlx::Error> {
-        let pool = &self.pool;
-        let generation: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM event_schemas").fetch_one(pool).await?;
+        let generation = schemas::generation(&self.pool).await?;
         if generation == self.rules.read().expect("redaction rules").0 {
             return Ok(());
         }
-        let schemas: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
-            "SELECT DISTINCT ON (category, name) category, name, schema \
-             FROM event_schemas ORDER BY category, name, version DESC",
-        )
-        .fetch_all(pool)
-        .await?;
-        let rules: HashMap<EventType, pii::Rules> = schemas
+        let rules: HashMap<EventType, pii::Rules> = schemas::in_force(&self.pool)
+            .await?
             .into_iter()
-            .filter_map(|(category, name, schema)| {
-                let rules = pii::Rules::of(&schema).ok().filter(|rules| !rules.is_empty())?;
-                Some((EventType::new(category, name), rules))
+            .filter_map(|in_force| {
+                let rules = pii::Rules::of(&in_force.schema).ok().filter(|r| !r.is_empty())?;
+                Some((EventType::new(in_force.category, in_force.name), rules))
             })
             .collect();
         tracing::debug!(types = rules.len(), generation, "redaction rules loaded");

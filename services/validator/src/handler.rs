@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    registry::{self, Registry},
+    registry::{self, Registry, Schema},
     rules::TimestampRules,
     suppressions::Suppressions,
 };
@@ -69,12 +69,12 @@ impl Validator {
     /// it is not valid.
     fn check(
         &self,
-        registry: &Registry,
+        schema: Option<&Schema>,
         event: &Event,
         received_at: DateTime<Utc>,
     ) -> Result<i32, (ErrorReason, String)> {
         self.rules.check(event.occurred_at, received_at)?;
-        let Some(schema) = registry.get(&event.event_type) else {
+        let Some(schema) = schema else {
             return match self.unknown_type_policy {
                 UnknownTypePolicy::Accept => Ok(0),
                 UnknownTypePolicy::Reject => Err((
@@ -83,7 +83,7 @@ impl Validator {
                 )),
             };
         };
-        registry::validate(&schema, &event.data_json)
+        registry::validate(schema, &event.data_json)
             .map(|()| schema.version)
             .map_err(|message| (ErrorReason::SchemaViolation, message))
     }
@@ -242,17 +242,23 @@ impl Handler for Validator {
                     undecodable += 1;
                     continue;
                 };
+                let schema = registry.get(&event.event_type);
+                // Registered types are a bounded set; others are labelled `unregistered`.
+                let label = || match &schema {
+                    Some(_) => event.event_type.to_string(),
+                    None => ValidationMetrics::UNREGISTERED_TYPE.to_owned(),
+                };
                 // Personal properties go before anything is checked or kept (ingest did it
                 // already unless the schema is newer than its copy; twice changes nothing).
-                if let Some(schema) = registry.get(&event.event_type) {
+                if let Some(schema) = &schema {
                     schema.pii.apply(&mut event.data_json, self.pii_key.as_deref());
                 }
                 // A deleted subject's later events are refused, and kept nowhere.
                 if suppressions.matches(app.0, &event) {
-                    *errors.entry((SUPPRESSED, event.event_type.to_string())).or_default() += 1;
+                    *errors.entry((SUPPRESSED, label())).or_default() += 1;
                     continue;
                 }
-                match self.check(&registry, &event, received_at) {
+                match self.check(schema.as_deref(), &event, received_at) {
                     Ok(version) => {
                         if replay {
                             replayed.push(app, &event);
@@ -260,11 +266,7 @@ impl Handler for Validator {
                         passed.push((event, version))
                     }
                     Err((reason, message)) => {
-                        let event_type = match registry.get(&event.event_type) {
-                            Some(_) => event.event_type.to_string(),
-                            None => ValidationMetrics::UNREGISTERED_TYPE.to_owned(),
-                        };
-                        *errors.entry((reason.code(), event_type)).or_default() += 1;
+                        *errors.entry((reason.code(), label())).or_default() += 1;
                         quarantine.push(app, received_at, event, reason, message)
                     }
                 }

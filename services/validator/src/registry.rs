@@ -8,6 +8,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use event_model::{EventType, pii::Rules};
+use eye_service::schemas::InForce;
 use sqlx::PgConnection;
 
 /// A compiled schema in force for a type.
@@ -48,19 +49,13 @@ impl std::fmt::Debug for Schema {
 impl Registry {
     /// Reloads the latest version of every type if the registry changed since the last load.
     pub async fn refresh(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let generation: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM event_schemas").fetch_one(&mut *conn).await?;
+        let generation = eye_service::schemas::generation(&mut *conn).await?;
         if generation == self.generation {
             return Ok(());
         }
-        let rows: Vec<(String, String, i32, serde_json::Value)> = sqlx::query_as(
-            "SELECT DISTINCT ON (category, name) category, name, version, schema \
-             FROM event_schemas ORDER BY category, name, version DESC",
-        )
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = eye_service::schemas::in_force(&mut *conn).await?;
         let mut schemas = HashMap::with_capacity(rows.len());
-        for (category, name, version, schema) in rows {
+        for InForce { category, name, version, schema } in rows {
             let event_type = EventType::new(category, name);
             // Reuse what is already compiled for an unchanged version.
             let compiled = match self.schemas.remove(&event_type) {

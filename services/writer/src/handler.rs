@@ -9,9 +9,6 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::store::{self, Partitions, Rows};
 
-/// Partitions made ahead of need at start-up: this day's or month's and the next two.
-const AHEAD: u32 = 2;
-
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
     #[error("database: {0}")]
@@ -35,7 +32,7 @@ impl Writer {
 
 impl Stage for Writer {
     async fn prepare(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        self.partitions.ensure_ahead(pool, AHEAD).await
+        self.partitions.ensure_ahead(pool).await
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use chrono::{DateTime, Days, Months, Utc};
+use chrono::{DateTime, Utc};
 use eye_service::{
     pipeline::{channel, delivery},
     settings::Granularity,
@@ -21,27 +21,26 @@ pub struct Partitions {
 /// A partition's `[lower, upper)`; `None`: unbounded.
 type Span = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
+fn holds((lower, upper): &Span, at: DateTime<Utc>) -> bool {
+    lower.is_none_or(|lower| lower <= at) && upper.is_none_or(|upper| at < upper)
+}
+
 impl Partitions {
     /// New partitions span a day or a month (`store.partition`).
     pub fn new(granularity: Granularity) -> Self {
         Self { granularity, known: Mutex::default() }
     }
 
-    fn covered(&self, at: DateTime<Utc>) -> bool {
-        let known = self.known.lock().expect("partition cache");
-        known.iter().any(|(lower, upper)| {
-            lower.is_none_or(|lower| lower <= at) && upper.is_none_or(|upper| at < upper)
-        })
-    }
-
     /// Makes sure a partition covers every time in `times`. Runs on the pool, outside the
     /// hand-off transaction: creating a partition locks the parent table, and that lock should
     /// last milliseconds, not a whole batch.
     pub async fn ensure(&self, pool: &PgPool, times: &[DateTime<Utc>]) -> Result<(), sqlx::Error> {
-        for &at in times {
-            if self.covered(at) {
-                continue;
-            }
+        // One look at the cache per batch; then one creation per partition still missing.
+        let mut missing: Vec<DateTime<Utc>> = {
+            let known = self.known.lock().expect("partition cache");
+            times.iter().copied().filter(|at| !known.iter().any(|span| holds(span, *at))).collect()
+        };
+        while let Some(at) = missing.pop() {
             let partition: String =
                 sqlx::query_scalar("SELECT eye_ensure_partition('events', $1, $2)::text")
                     .bind(at)
@@ -56,6 +55,7 @@ impl Partitions {
             .bind(&partition)
             .fetch_one(pool)
             .await?;
+            missing.retain(|at| !holds(&span, *at));
             self.known.lock().expect("partition cache").push(span);
         }
         Ok(())
@@ -66,14 +66,10 @@ impl Partitions {
         self.known.lock().expect("partition cache").clear();
     }
 
-    /// Creates the partition of now and those of the next `ahead` days or months.
-    pub async fn ensure_ahead(&self, pool: &PgPool, ahead: u32) -> Result<(), sqlx::Error> {
-        let now = Utc::now();
-        let times = (0..=ahead).filter_map(|n| match self.granularity {
-            Granularity::Day => now.checked_add_days(Days::new(u64::from(n))),
-            Granularity::Month => now.checked_add_months(Months::new(n)),
-        });
-        self.ensure(pool, &times.collect::<Vec<_>>()).await
+    /// Creates the partition of now and those of the next days or months
+    /// (`eye_admin::maintenance::ahead`).
+    pub async fn ensure_ahead(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        self.ensure(pool, &eye_admin::maintenance::ahead(self.granularity, Utc::now())).await
     }
 }
 
