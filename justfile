@@ -26,6 +26,8 @@ bench-check:
     cargo build --bins
     target/debug/eye-bench --bin-dir target/debug --scenario clients --events 20000 --batch 200 --no-copy --json
     target/debug/eye-bench --bin-dir target/debug --scenario transports --events 20000 --batch 200 --no-copy --json
+    target/debug/eye-bench --bin-dir target/debug --scenario growth --sizes 0,200000 --events 10000 --batch 200 --json
+    target/debug/eye-bench --bin-dir target/debug --scenario mixed --preload 200000 --preload-days 90 --queries 5 --rate 2000 --events 10000 --batch 100 --json
 
 # Read-path latency: 10 million events loaded by COPY (about 2.5 minutes, once), then p50/p95/p99
 # of sessions, a category over an hour and payload lookups through the real QueryService, and

@@ -25,10 +25,22 @@
 //!   connections, each batch encoded as JSON when sent, as a client would).
 //! - `transports`: `steady` and `http` in one run, each on a fresh database, with the ratios of
 //!   HTTP's end-to-end and acknowledged rates to gRPC's.
+//! - `delivery`, `quota`, `latency-backlog`, `scale-out`: see [`Scenario`].
+//! - `growth`: `steady` on stores already holding `--sizes` events (loaded by COPY with the query
+//!   benchmark's loader), with the GIN index on `data` and without it.
+//! - `mixed`: on a store of `--preload` events, the query benchmark's mix idle, ingest open loop
+//!   alone, then both at once.
+//!
+//! `--preload N` loads a store before any scenario; `--sample-secs S` records the outbox's size,
+//! dead rows and autovacuum runs and each service's RSS every S seconds (long runs).
 //!
 //! Run `just bench`, or `cargo build --release --bins && target/release/eye-bench --help`.
 
 use eye_cli::commands::load::seeded_id;
+use eye_query_bench::{
+    load::{Loaded, Shape},
+    mix::{self, Kind, Percentiles, Sample},
+};
 use eye_service::auth::Role;
 use eye_test_support::harness;
 use std::{
@@ -36,17 +48,18 @@ use std::{
     process::Stdio,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use chrono::Utc;
+use chrono::{Datelike, TimeZone, Utc};
 use clap::{Parser, ValueEnum};
 use eye_admin::subscriptions::{Destination, Filter, NewSubscription};
 use eye_proto::v1::{
     Event, EventStatus, SendEventsRequest, ingest_service_client::IngestServiceClient,
+    query_service_client::QueryServiceClient,
 };
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
@@ -77,6 +90,14 @@ enum Scenario {
     /// The steady run with one ingest, validator and writer, then with two of each against the
     /// same Postgres (the load spread over both ingests): throughput as a ratio, nothing lost.
     ScaleOut,
+    /// The steady run on a store already holding each of `--sizes` events (loaded by COPY into
+    /// the partition the run writes into), with the GIN index on `data` and then without it:
+    /// end-to-end rates as ratios to the empty store's.
+    Growth,
+    /// On a store of `--preload` events: the query benchmark's mix idle, ingest open loop at
+    /// `--rate` alone, then both at once: ack latency with and without the queries, query
+    /// latency with and without the ingest.
+    Mixed,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -136,6 +157,24 @@ struct Args {
     /// nats-server binary (the delivery scenario).
     #[arg(long, default_value = "nats-server")]
     nats_server: String,
+    /// Events loaded by COPY (the query benchmark's loader) before the run starts.
+    #[arg(long, default_value_t = 0)]
+    preload: u64,
+    /// Days the preloaded events span, ending now; 0: from the start of the current month, i.e.
+    /// all in the partition the run writes into.
+    #[arg(long, default_value_t = 0)]
+    preload_days: u32,
+    /// Store sizes of the growth scenario.
+    #[arg(long, value_delimiter = ',', default_value = "0,10000000")]
+    sizes: Vec<u64>,
+    /// Measured rounds of the query mix on the idle store (mixed scenario; one round asks one
+    /// question of each kind).
+    #[arg(long, default_value_t = 100)]
+    queries: usize,
+    /// Every this many seconds, record the outbox's size, live and dead rows and autovacuum
+    /// runs, and each service's RSS (0: never). For long runs: `--scenario latency` for 30 min.
+    #[arg(long, default_value_t = 0)]
+    sample_secs: u64,
 }
 
 /// The `latency-backlog` scenario.
@@ -163,12 +202,12 @@ struct Draining {
 /// ack latency at `--rate` while they drain it.
 async fn backlog_run(args: &Args, db: &Database) -> anyhow::Result<Draining> {
     let mut conn = PgConnection::connect(&db.url).await?;
-    let key = create_key(&mut conn).await?;
+    let (key, _) = create_key(&mut conn).await?;
     register_schema(&mut conn).await?;
     let (port, http_port) = (free_port()?, free_port()?);
     let mut services = vec![spawn(args, "eye-ingest", &db.url, port, http_port)?];
     let endpoint = format!("http://127.0.0.1:{port}");
-    wait_until_serving(&endpoint).await?;
+    wait_until_serving(&endpoint, INGEST).await?;
     let channels = connect(&endpoint, 4).await?;
     // The backlog, as fast as ingest takes it (past ingest's back-pressure bound, it waits).
     let backlog = Args { events: args.backlog, batch: 500, ..args.clone() };
@@ -177,16 +216,7 @@ async fn backlog_run(args: &Args, db: &Database) -> anyhow::Result<Draining> {
     services.push(spawn(args, "eye-validator", &db.url, port, http_port)?);
     services.push(spawn(args, "eye-writer", &db.url, port, http_port)?);
     let measured = open_loop(args, &key, Arc::new(make_batches(args)), &channels).await;
-    let want = (filled.accepted + measured.accepted) as i64;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    loop {
-        let stored: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
-        if stored >= want || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drained(&mut conn, Instant::now() + Duration::from_secs(args.timeout_secs), &mut 0).await?;
     let drain_seconds = started.elapsed().as_secs_f64();
     for service in &mut services {
         service.stop().await;
@@ -282,6 +312,10 @@ struct Report {
     /// Events/s delivered (all subscriptions together), from eye-delivery's start to the last
     /// acknowledged delivery, when `--deliver-to` was given.
     delivered_per_second: Option<f64>,
+    /// Events in the store before the run (`--preload`).
+    preloaded: u64,
+    /// Every `--sample-secs` during the run.
+    samples: Vec<OutboxSample>,
     machine: String,
 }
 
@@ -297,25 +331,6 @@ struct DeliveryComparison {
     writer_10_to_0: f64,
     webhook_delivered_per_second: Option<f64>,
     nats_delivered_per_second: Option<f64>,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct Percentiles {
-    p50: f64,
-    p95: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Percentiles {
-    fn of(mut samples: Vec<f64>) -> Self {
-        if samples.is_empty() {
-            return Self::default();
-        }
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-        Self { p50: at(0.50), p95: at(0.95), p99: at(0.99), max: at(1.0) }
-    }
 }
 
 #[tokio::main]
@@ -363,6 +378,12 @@ async fn main() -> anyhow::Result<()> {
         };
         println!("{}", serde_json::to_string_pretty(&comparison)?);
         return Ok(());
+    }
+    if args.scenario == Scenario::Growth {
+        return growth_scenario(&args, &server).await;
+    }
+    if args.scenario == Scenario::Mixed {
+        return mixed_scenario(&args, &server).await;
     }
     if args.scenario == Scenario::ScaleOut {
         let (one, two) = (Args { instances: 1, ..args.clone() }, Args { instances: 2, ..args });
@@ -429,7 +450,7 @@ async fn quota_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
 
 async fn quota_run(args: &Args, db: &Database) -> anyhow::Result<QuotaComparison> {
     let mut conn = PgConnection::connect(&db.url).await?;
-    let quiet = create_key(&mut conn).await?;
+    let (quiet, _) = create_key(&mut conn).await?;
     let noisy = eye_admin::apps::create(&mut conn, "noisy", &[Role::Ingest]).await?.key;
     eye_admin::apps::set_quota(&mut conn, "noisy", Some(args.quota), Some(args.quota)).await?;
     register_schema(&mut conn).await?;
@@ -440,12 +461,12 @@ async fn quota_run(args: &Args, db: &Database) -> anyhow::Result<QuotaComparison
         spawn(args, "eye-writer", &db.url, port, http_port)?,
     ];
     let endpoint = format!("http://127.0.0.1:{port}");
-    wait_until_serving(&endpoint).await?;
+    wait_until_serving(&endpoint, INGEST).await?;
     let channels = connect(&endpoint, 4).await?;
 
     let alone = open_loop(args, &quiet, Arc::new(make_batches(args)), &channels).await;
     // The flood: closed loop, fresh events each request, until the second phase is done.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut flood = tokio::task::JoinSet::new();
     let flood_started = Instant::now();
     for worker in 0..args.concurrency {
@@ -513,7 +534,7 @@ fn check(report: &Report) -> anyhow::Result<()> {
 
 async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<Report> {
     let mut conn = PgConnection::connect(&db.url).await?;
-    let key = create_key(&mut conn).await?;
+    let (key, application) = create_key(&mut conn).await?;
     register_schema(&mut conn).await?;
     let mut report = Report {
         scenario: Some(scenario),
@@ -559,10 +580,11 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
         }
     }
     let endpoint = format!("http://127.0.0.1:{port}");
-    wait_until_serving(&endpoint).await?;
+    wait_until_serving(&endpoint, INGEST).await?;
     for endpoint in &more_ingests {
-        wait_until_serving(endpoint).await?;
+        wait_until_serving(endpoint, INGEST).await?;
     }
+    let sampler = Sampler::start(args, &db.url, &services);
 
     let seed = rand::random::<u64>();
     let batches = Arc::new(match scenario {
@@ -603,27 +625,10 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
         services.push(spawn(args, "eye-writer", &db.url, port, http_port)?);
     }
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
-    loop {
-        let stored: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut conn).await?;
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stage = ANY($1)")
-            .bind(eye_service::pipeline::stage::ALL)
-            .fetch_one(&mut conn)
-            .await?;
-        if stored >= report.acknowledged as i64 && pending == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            eprintln!(
-                "timed out: {stored} of {} stored, {pending} outbox rows",
-                report.acknowledged
-            );
-            break;
-        }
-        if scenario != Scenario::Drain {
-            report.outbox_bytes_peak = report.outbox_bytes_peak.max(outbox_bytes(&mut conn).await?);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut peak = report.outbox_bytes_peak;
+    drained(&mut conn, deadline, &mut peak).await?;
+    if scenario != Scenario::Drain {
+        report.outbox_bytes_peak = peak;
     }
     let (e2e_start, e2e_end) = if scenario == Scenario::Drain {
         (drain_started, Instant::now())
@@ -652,15 +657,12 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
         }
         report.delivered_per_second = Some(want as f64 / started.elapsed().as_secs_f64());
     }
-    for service in &mut services {
-        let rss = service.child.id().map_or(0.0, peak_rss_mb);
-        report.peak_rss_mb.push((service.name.to_owned(), rss));
+    if let Some(sampler) = sampler {
+        report.samples = sampler.stop().await?;
     }
-    for service in &mut services {
-        service.stop().await;
-    }
+    report.peak_rss_mb = stop_all(&mut services).await;
 
-    verify(&mut conn, &batches, &mut report).await?;
+    verify(&mut conn, application, &batches, &mut report).await?;
     report.end_to_end_per_second = report.stored as f64 / report.end_to_end_seconds;
     sqlx::query("VACUUM outbox").execute(&mut conn).await?;
     report.outbox_bytes_after = outbox_bytes(&mut conn).await?;
@@ -671,6 +673,265 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
         report.ratio_to_copy = Some(report.end_to_end_per_second / rate);
     }
     Ok(report)
+}
+
+/// Loads `events` into `db` with the query benchmark's loader, in `--preload-days`' window, then
+/// checkpoints, so that the run does not pay for the load's dirty pages.
+async fn preload(args: &Args, db: &Database, events: u64) -> anyhow::Result<Loaded> {
+    let mut conn = PgConnection::connect(&db.url).await?;
+    let now = Utc::now();
+    let start = (args.preload_days == 0).then(|| {
+        let month = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single();
+        // In a month's first two hours, two hours back (partly into last month's partition).
+        month.expect("a month's start").min(now - chrono::Duration::hours(2))
+    });
+    let shape = Shape { events, days: args.preload_days.max(1), seed: 42, start };
+    let loaded = eye_query_bench::load::load(&mut conn, shape).await?;
+    sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+    Ok(loaded)
+}
+
+/// One run of the `growth` scenario.
+#[derive(Debug, Serialize)]
+struct GrowthRun {
+    preloaded: u64,
+    gin: bool,
+    /// The store's events partitions with their indexes before the run, bytes.
+    store_bytes: i64,
+    end_to_end_per_second: f64,
+    acknowledged_per_second: f64,
+    /// Over the empty store's rate with the same index set (when `--sizes` includes 0).
+    to_empty: Option<f64>,
+    peak_rss_mb: Vec<(String, f64)>,
+}
+
+/// The `growth` scenario: for each size, a fresh store holding that many events, the steady run
+/// with the GIN index and again after dropping it.
+async fn growth_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
+    let steady = Args { no_copy: true, ..args.clone() };
+    let mut runs: Vec<GrowthRun> = Vec::new();
+    for &size in &args.sizes {
+        let db = fresh_database(server).await?;
+        let result = async {
+            let store_bytes = match size {
+                0 => 0,
+                _ => preload(args, &db, size).await?.total_bytes,
+            };
+            let mut conn = PgConnection::connect(&db.url).await?;
+            let mut pair = Vec::new();
+            for gin in [true, false] {
+                if !gin {
+                    sqlx::query("DROP INDEX events_data").execute(&mut conn).await?;
+                    sqlx::query("CHECKPOINT").execute(&mut conn).await?;
+                }
+                let report = run(&steady, &db, Scenario::Steady).await?;
+                check(&report)?;
+                eprintln!(
+                    "{size} events, GIN {}: {:.0} events/s end to end",
+                    if gin { "on" } else { "off" },
+                    report.end_to_end_per_second
+                );
+                pair.push(GrowthRun {
+                    preloaded: size,
+                    gin,
+                    store_bytes,
+                    end_to_end_per_second: report.end_to_end_per_second,
+                    acknowledged_per_second: report.acknowledged_per_second,
+                    to_empty: None,
+                    peak_rss_mb: report.peak_rss_mb,
+                });
+            }
+            anyhow::Ok(pair)
+        }
+        .await;
+        let _ = harness::drop_database(server, &db.name).await;
+        runs.extend(result?);
+    }
+    let empty = |gin: bool| {
+        runs.iter().find(|r| r.preloaded == 0 && r.gin == gin).map(|r| r.end_to_end_per_second)
+    };
+    let (with_gin, without_gin) = (empty(true), empty(false));
+    for run in &mut runs {
+        let empty = if run.gin { with_gin } else { without_gin };
+        run.to_empty = empty.map(|rate| run.end_to_end_per_second / rate);
+    }
+    println!("{}", serde_json::to_string_pretty(&runs)?);
+    eprintln!(
+        "{:>12} {:>4} {:>9} {:>12} {:>12} {:>9}",
+        "preloaded", "GIN", "store GB", "e2e/s", "acked/s", "to empty"
+    );
+    for run in &runs {
+        eprintln!(
+            "{:>12} {:>4} {:>9.1} {:>12.0} {:>12.0} {:>9}",
+            run.preloaded,
+            if run.gin { "on" } else { "off" },
+            run.store_bytes as f64 / 1e9,
+            run.end_to_end_per_second,
+            run.acknowledged_per_second,
+            run.to_empty.map_or("-".into(), |r| format!("{r:.2}"))
+        );
+    }
+    Ok(())
+}
+
+/// The `mixed` scenario.
+#[derive(Debug, Serialize)]
+struct MixedComparison {
+    preloaded: u64,
+    offered_rate: usize,
+    ack_alone_ms: Percentiles,
+    ack_with_queries_ms: Percentiles,
+    /// Ack p99 while the queries run over alone (target: p99 at most 25 ms in both).
+    ack_p99_with_queries_to_alone: f64,
+    queries: Vec<KindUnderIngest>,
+    peak_rss_mb: Vec<(String, f64)>,
+    missing: i64,
+    stored_twice: i64,
+    failed_requests: usize,
+    machine: String,
+}
+
+/// One kind of the query mix on the idle store and while ingest runs.
+#[derive(Debug, Serialize)]
+struct KindUnderIngest {
+    kind: Kind,
+    idle_ms: Percentiles,
+    under_ingest_ms: Percentiles,
+    /// Rounds measured while ingest ran.
+    under_ingest_queries: usize,
+    /// p95 under ingest over idle (target: at most 2).
+    p95_to_idle: f64,
+}
+
+/// Warm-up rounds of the query mix before the idle measurement.
+const QUERY_WARMUP: usize = 20;
+
+async fn mixed_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
+    if args.preload == 0 {
+        bail!("the mixed scenario needs a store: --preload N (the query benchmark's: 10000000)");
+    }
+    let db = fresh_database(server).await?;
+    let result = mixed_run(args, &db).await;
+    let _ = harness::drop_database(server, &db.name).await;
+    let comparison = result?;
+    println!("{}", serde_json::to_string_pretty(&comparison)?);
+    let (a, b) = (&comparison.ack_alone_ms, &comparison.ack_with_queries_ms);
+    eprintln!(
+        "ack at {}/s: alone p50 {:.1} p99 {:.1} ms; with queries p50 {:.1} p99 {:.1} ms",
+        comparison.offered_rate, a.p50, a.p99, b.p50, b.p99
+    );
+    for kind in &comparison.queries {
+        eprintln!(
+            "{:<15} p95 idle {:>7.1} ms, under ingest {:>7.1} ms ({} rounds): {:.2}x",
+            kind.kind.label(),
+            kind.idle_ms.p95,
+            kind.under_ingest_ms.p95,
+            kind.under_ingest_queries,
+            kind.p95_to_idle
+        );
+    }
+    if comparison.missing != 0 || comparison.stored_twice != 0 || comparison.failed_requests != 0 {
+        bail!(
+            "verification failed: {} missing, {} stored twice, {} failed requests",
+            comparison.missing,
+            comparison.stored_twice,
+            comparison.failed_requests
+        );
+    }
+    Ok(())
+}
+
+async fn mixed_run(args: &Args, db: &Database) -> anyhow::Result<MixedComparison> {
+    let store = preload(args, db, args.preload).await?;
+    let mut conn = PgConnection::connect(&db.url).await?;
+    let (key, application) = create_key(&mut conn).await?;
+    register_schema(&mut conn).await?;
+    let read_key = mix::read_key(&mut conn).await?;
+    let plan =
+        Arc::new(mix::plan_queries(&mut conn, QUERY_WARMUP + args.queries, 42, &store).await?);
+
+    let (port, http_port, query_port) = (free_port()?, free_port()?, free_port()?);
+    let mut services = vec![
+        spawn(args, "eye-ingest", &db.url, port, http_port)?,
+        spawn(args, "eye-validator", &db.url, port, http_port)?,
+        spawn(args, "eye-writer", &db.url, port, http_port)?,
+        spawn(args, "eye-query", &db.url, query_port, free_port()?)?,
+    ];
+    let (endpoint, query_endpoint) =
+        (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{query_port}"));
+    wait_until_serving(&endpoint, INGEST).await?;
+    wait_until_serving(&query_endpoint, QUERY).await?;
+    let queries = QueryServiceClient::new(Channel::from_shared(query_endpoint)?.connect().await?);
+    let channels = connect(&endpoint, 4).await?;
+    let deadline = || Instant::now() + Duration::from_secs(args.timeout_secs);
+
+    // The mix on the idle store.
+    let mut idle = vec![Vec::new(); plan.len()];
+    for round in 0..QUERY_WARMUP + args.queries {
+        let asked = mix::ask_round(&queries, &read_key, &plan, round).await?;
+        if round >= QUERY_WARMUP {
+            idle.iter_mut().zip(asked).for_each(|(kind, sample)| kind.push(sample));
+        }
+    }
+    // Ingest alone.
+    let alone_batches = Arc::new(make_batches(args));
+    let alone = open_loop(args, &key, alone_batches.clone(), &channels).await;
+    drained(&mut conn, deadline(), &mut 0).await?;
+    // Both: one reader asking round after round for as long as the load lasts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let asker = tokio::spawn({
+        let (queries, read_key, plan, stop) =
+            (queries.clone(), read_key.clone(), plan.clone(), stop.clone());
+        async move {
+            let mut busy: Vec<Vec<Sample>> = vec![Vec::new(); plan.len()];
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let asked = mix::ask_round(&queries, &read_key, &plan, round).await?;
+                busy.iter_mut().zip(asked).for_each(|(kind, sample)| kind.push(sample));
+                round += 1;
+            }
+            anyhow::Ok(busy)
+        }
+    });
+    let together_batches = Arc::new(make_batches(args));
+    let together = open_loop(args, &key, together_batches.clone(), &channels).await;
+    stop.store(true, Ordering::Relaxed);
+    let busy = asker.await??;
+    drained(&mut conn, deadline(), &mut 0).await?;
+    let peak_rss_mb = stop_all(&mut services).await;
+
+    let mut report = Report::default();
+    let sent: Vec<SendEventsRequest> =
+        alone_batches.iter().chain(together_batches.iter()).cloned().collect();
+    verify(&mut conn, application, &sent, &mut report).await?;
+    let ms = |samples: &[Sample]| Percentiles::of(samples.iter().map(|s| s.ms).collect());
+    let kinds = Kind::ALL.iter().zip(idle.iter().zip(&busy));
+    let ack_alone_ms = Percentiles::of(alone.latencies_ms);
+    let ack_with_queries_ms = Percentiles::of(together.latencies_ms);
+    Ok(MixedComparison {
+        preloaded: args.preload,
+        offered_rate: args.rate,
+        ack_p99_with_queries_to_alone: ack_with_queries_ms.p99 / ack_alone_ms.p99,
+        ack_alone_ms,
+        ack_with_queries_ms,
+        queries: kinds
+            .map(|(kind, (idle, busy))| {
+                let (idle_ms, under_ingest_ms) = (ms(idle), ms(busy));
+                KindUnderIngest {
+                    kind: *kind,
+                    p95_to_idle: under_ingest_ms.p95 / idle_ms.p95,
+                    idle_ms,
+                    under_ingest_ms,
+                    under_ingest_queries: busy.len(),
+                }
+            })
+            .collect(),
+        peak_rss_mb,
+        missing: report.missing,
+        stored_twice: report.stored_twice,
+        failed_requests: alone.failed + together.failed,
+        machine: harness::machine(),
+    })
 }
 
 /// The `delivery` scenario: the writer with 0, 1 and 10 subscriptions (the one delivered to a
@@ -772,9 +1033,11 @@ impl Drop for NatsServer {
 /// Every acknowledged event stored exactly once, checked in SQL against the ids that were sent.
 async fn verify(
     conn: &mut PgConnection,
+    application: Uuid,
     batches: &[SendEventsRequest],
     report: &mut Report,
 ) -> anyhow::Result<()> {
+    sqlx::query("DROP TABLE IF EXISTS sent").execute(&mut *conn).await?;
     sqlx::query("CREATE TEMP TABLE sent (event_id uuid PRIMARY KEY)").execute(&mut *conn).await?;
     let mut copy = conn.copy_in_raw("COPY sent (event_id) FROM STDIN").await?;
     let mut buffer = String::with_capacity(64 * 1024);
@@ -787,17 +1050,19 @@ async fn verify(
     }
     copy.send(buffer.into_bytes()).await?;
     copy.finish().await?;
-    report.stored = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&mut *conn).await?;
-    report.missing = sqlx::query_scalar(
-        "SELECT count(*) FROM sent s WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = s.event_id)",
+    sqlx::query("ANALYZE sent").execute(&mut *conn).await?;
+    // This run's events only, found through the primary key (the store may hold millions more,
+    // of other applications and earlier runs).
+    let (sent, rows, distinct): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM sent), count(*), count(DISTINCT e.event_id) \
+         FROM sent s JOIN events e ON e.application_id = $1 AND e.event_id = s.event_id",
     )
+    .bind(application)
     .fetch_one(&mut *conn)
     .await?;
-    report.stored_twice = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT 1 FROM events GROUP BY application_id, event_id HAVING count(*) > 1) d",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    report.stored = distinct;
+    report.missing = sent - distinct;
+    report.stored_twice = rows - distinct;
     Ok(())
 }
 
@@ -1072,7 +1337,7 @@ async fn client_load(
     // VmHWM only grows: the last reading before the exit is the peak.
     let mut rss = 0.0f64;
     let status = loop {
-        rss = rss.max(peak_rss_mb(pid));
+        rss = rss.max(status_mb(pid, "VmHWM:"));
         tokio::select! {
             status = child.wait() => break status?,
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
@@ -1134,7 +1399,11 @@ async fn connect(endpoint: &str, count: usize) -> anyhow::Result<Vec<Channel>> {
     Ok(channels)
 }
 
-async fn wait_until_serving(endpoint: &str) -> anyhow::Result<()> {
+const INGEST: &str = "eye.v1.IngestService";
+const QUERY: &str = "eye.v1.QueryService";
+
+/// Waits until `service` at `endpoint` answers SERVING to a health check.
+async fn wait_until_serving(endpoint: &str, service: &str) -> anyhow::Result<()> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
@@ -1142,7 +1411,7 @@ async fn wait_until_serving(endpoint: &str) -> anyhow::Result<()> {
     loop {
         if let Ok(channel) = Channel::from_shared(endpoint.to_owned())?.connect().await {
             let mut health = HealthClient::new(channel);
-            let request = HealthCheckRequest { service: "eye.v1.IngestService".into() };
+            let request = HealthCheckRequest { service: service.into() };
             if let Ok(response) = health.check(request).await
                 && response.into_inner().status() == ServingStatus::Serving
             {
@@ -1150,7 +1419,7 @@ async fn wait_until_serving(endpoint: &str) -> anyhow::Result<()> {
             }
         }
         if Instant::now() > deadline {
-            bail!("ingest did not become SERVING within 60 s");
+            bail!("{service} did not become SERVING within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1185,6 +1454,10 @@ fn spawn(
         .env("EYE__INGEST__HOST", "127.0.0.1")
         .env("EYE__INGEST__PORT", port.to_string())
         .env("EYE__INGEST__HTTP_PORT", http_port.to_string())
+        // The same ports for the query service, when `name` is eye-query.
+        .env("EYE__QUERY__HOST", "127.0.0.1")
+        .env("EYE__QUERY__PORT", port.to_string())
+        .env("EYE__QUERY__HTTP_PORT", http_port.to_string())
         // Several services on one host: each its own free metrics port.
         .env("EYE__METRICS__HOST", "127.0.0.1")
         .env("EYE__METRICS__PORT", "0")
@@ -1199,12 +1472,26 @@ fn spawn(
     Ok(Service { name, child })
 }
 
-/// Peak resident set size (VmHWM) of a running process, in MB.
-fn peak_rss_mb(pid: u32) -> f64 {
+/// Stops every service; the peak resident set size (VmHWM) of each, in MB, read just before.
+async fn stop_all(services: &mut [Service]) -> Vec<(String, f64)> {
+    let mut peaks = Vec::new();
+    for service in services.iter() {
+        let rss = service.child.id().map_or(0.0, |pid| status_mb(pid, "VmHWM:"));
+        peaks.push((service.name.to_owned(), rss));
+    }
+    for service in services {
+        service.stop().await;
+    }
+    peaks
+}
+
+/// A size of a running process from /proc (`VmHWM:` the peak resident set, `VmRSS:` the
+/// current one), in MB.
+fn status_mb(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -1217,8 +1504,93 @@ async fn outbox_bytes(conn: &mut PgConnection) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar("SELECT pg_total_relation_size('outbox')").fetch_one(conn).await?)
 }
 
-async fn create_key(conn: &mut PgConnection) -> anyhow::Result<String> {
-    Ok(eye_admin::apps::create(conn, "bench", &[Role::Ingest]).await?.key)
+/// An ingest key of the application `bench` (created if missing), and its id.
+async fn create_key(conn: &mut PgConnection) -> anyhow::Result<(String, Uuid)> {
+    let issued = eye_admin::apps::ensure_and_issue_key(conn, "bench", &[Role::Ingest]).await?;
+    Ok((issued.key, issued.application_id))
+}
+
+/// Waits until no event is left in the pipeline's stages (every acknowledged one is stored,
+/// quarantined or dead-lettered), or `deadline`; `peak` tracks the outbox's size meanwhile.
+async fn drained(conn: &mut PgConnection, deadline: Instant, peak: &mut i64) -> anyhow::Result<()> {
+    loop {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stage = ANY($1)")
+            .bind(eye_service::pipeline::stage::ALL)
+            .fetch_one(&mut *conn)
+            .await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out with {pending} events still in the outbox");
+        }
+        *peak = (*peak).max(outbox_bytes(conn).await?);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The outbox and the services, every `--sample-secs` (the `samples` of a report).
+#[derive(Debug, Serialize)]
+struct OutboxSample {
+    seconds: f64,
+    outbox_bytes: i64,
+    live_rows: i64,
+    dead_rows: i64,
+    /// Autovacuum runs on the outbox so far (the database is fresh).
+    autovacuums: i64,
+    /// Current resident set of each service, MB.
+    rss_mb: Vec<(String, f64)>,
+}
+
+struct Sampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<Vec<OutboxSample>>>,
+}
+
+impl Sampler {
+    fn start(args: &Args, url: &str, services: &[Service]) -> Option<Self> {
+        if args.sample_secs == 0 {
+            return None;
+        }
+        let pids: Vec<(&'static str, u32)> =
+            services.iter().filter_map(|s| Some((s.name, s.child.id()?))).collect();
+        let (url, every) = (url.to_owned(), Duration::from_secs(args.sample_secs));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut conn = PgConnection::connect(&url).await?;
+            let (started, mut samples) = (Instant::now(), Vec::new());
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = &mut stopped => return Ok(samples),
+                }
+                let (live_rows, dead_rows, autovacuums): (i64, i64, i64) = sqlx::query_as(
+                    "SELECT n_live_tup, n_dead_tup, autovacuum_count FROM pg_stat_user_tables \
+                     WHERE relid = 'outbox'::regclass",
+                )
+                .fetch_one(&mut conn)
+                .await?;
+                samples.push(OutboxSample {
+                    seconds: started.elapsed().as_secs_f64(),
+                    outbox_bytes: outbox_bytes(&mut conn).await?,
+                    live_rows,
+                    dead_rows,
+                    autovacuums,
+                    rss_mb: pids
+                        .iter()
+                        .map(|(name, pid)| ((*name).to_owned(), status_mb(*pid, "VmRSS:")))
+                        .collect(),
+                });
+            }
+        });
+        Some(Self { stop, task })
+    }
+
+    async fn stop(self) -> anyhow::Result<Vec<OutboxSample>> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
 }
 
 /// The shipped pageview schema, so that validation does its real work.

@@ -377,6 +377,13 @@ impl Default for ValidatorSettings {
 #[serde(default)]
 pub struct WriterSettings {
     pub consumer: ConsumerSettings,
+    /// The GIN pending list of `events.data` in the writer's transactions, kB (Postgres'
+    /// `gin_pending_list_limit`; 0, the default, keeps the server's, 4 MB unless configured).
+    /// New entries wait in the list until it is full, then the inserting transaction merges them
+    /// into the index: a larger list merges less often, which the writer gains from on large
+    /// partitions, and every `data_contains` query reads the whole list, which it loses from
+    /// under heavy ingest (both measured in docs/benchmarks.md, "A growing store").
+    pub gin_pending_list_kb: u32,
 }
 
 /// `eye-relay`: ships a producer's outbox (stage `eye` in `schema` of the database at
@@ -513,6 +520,12 @@ impl Settings {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
         }
+        if (1..64).contains(&self.writer.gin_pending_list_kb) {
+            return invalid(
+                "writer.gin_pending_list_kb",
+                "must be 0 (the server's) or at least 64",
+            );
+        }
         let ingest = &self.ingest;
         if ingest.max_batch_events == 0 || ingest.commit_max_events < ingest.max_batch_events {
             return invalid(
@@ -638,6 +651,16 @@ mod tests {
         settings.ingest.max_payload_depth = 500;
         let error = settings.validate().unwrap_err().to_string();
         assert!(error.contains("ingest.max_payload_depth"), "{error}");
+
+        // Postgres' floor for gin_pending_list_limit is 64 kB; 0 means "the server's".
+        let mut settings = Settings::default();
+        settings.writer.gin_pending_list_kb = 63;
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("writer.gin_pending_list_kb"), "{error}");
+        for fine in [0, 64, 65_536] {
+            settings.writer.gin_pending_list_kb = fine;
+            settings.validate().unwrap();
+        }
     }
 
     #[test]

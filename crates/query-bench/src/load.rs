@@ -29,7 +29,7 @@ use uuid::Uuid;
 
 /// (category, name, relative frequency). The first three have schemas registered (schema_version
 /// 1), like `eye dev`'s examples; the rest were stored without one.
-pub(crate) const TYPES: [(&str, &str, f64); 20] = [
+pub const TYPES: [(&str, &str, f64); 20] = [
     ("page interaction", "pageview", 30.0),
     ("page interaction", "cta click", 8.0),
     ("form interaction", "submit", 3.0),
@@ -53,7 +53,7 @@ pub(crate) const TYPES: [(&str, &str, f64); 20] = [
 ];
 
 /// The categories of [`TYPES`], each once.
-pub(crate) fn categories() -> Vec<&'static str> {
+pub fn categories() -> Vec<&'static str> {
     let mut categories: Vec<&str> = TYPES.iter().map(|(category, _, _)| *category).collect();
     categories.dedup();
     categories.sort_unstable();
@@ -62,7 +62,7 @@ pub(crate) fn categories() -> Vec<&'static str> {
 }
 
 /// The applications sending events: (name, host, share of sessions).
-pub(crate) const APPLICATIONS: [(&str, &str, f64); 3] =
+pub const APPLICATIONS: [(&str, &str, f64); 3] =
     [("shop", "shop.example", 0.60), ("blog", "blog.example", 0.25), ("app", "app.example", 0.15)];
 
 /// Largest session.
@@ -77,15 +77,18 @@ const EVENTS_PER_USER: u64 = 100;
 
 /// What to load.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Shape {
+pub struct Shape {
     pub events: u64,
+    /// Days the events span, ending when they are loaded ...
     pub days: u32,
     pub seed: u64,
+    /// ... unless they start here instead (`eye-bench` fills the partition it writes into).
+    pub start: Option<DateTime<Utc>>,
 }
 
 /// What was loaded, recorded in `query_bench_meta` so that `--reuse` can check it.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub(crate) struct Loaded {
+pub struct Loaded {
     pub events: i64,
     pub sessions: i64,
     pub users: i64,
@@ -100,10 +103,7 @@ pub(crate) struct Loaded {
 }
 
 /// The load recorded in the database, if it is complete and of `shape`.
-pub(crate) async fn existing(
-    conn: &mut PgConnection,
-    shape: Shape,
-) -> anyhow::Result<Option<Loaded>> {
+pub async fn existing(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<Option<Loaded>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('query_bench_meta') IS NOT NULL")
         .fetch_one(&mut *conn)
         .await?;
@@ -126,14 +126,14 @@ pub(crate) async fn existing(
 /// SplitMix64: a small, fast, seedable generator; good enough for synthetic data and
 /// reproducible from `--seed`.
 #[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self(seed)
     }
 
-    pub(crate) fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -142,12 +142,12 @@ impl Rng {
     }
 
     /// Uniform in [0, 1).
-    pub(crate) fn unit(&mut self) -> f64 {
+    pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Uniform in [0, n).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 
@@ -208,10 +208,11 @@ struct Compact {
 }
 
 /// Loads `shape` into the freshly migrated database `conn` is connected to.
-pub(crate) async fn load(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<Loaded> {
+pub async fn load(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<Loaded> {
     let started = Instant::now();
     let window_end = Utc::now().with_nanosecond(0).expect("valid");
-    let window_start = window_end - chrono::Duration::days(i64::from(shape.days));
+    let window_start =
+        shape.start.unwrap_or(window_end - chrono::Duration::days(i64::from(shape.days)));
     sqlx::query("SET maintenance_work_mem = '1GB'").execute(&mut *conn).await?;
     sqlx::query("SET work_mem = '256MB'").execute(&mut *conn).await?;
 
@@ -562,7 +563,7 @@ fn timestamp(out: &mut String, micros: i64) {
 }
 
 /// Connects to `url`, checking the server answers.
-pub(crate) async fn connect(url: &str) -> anyhow::Result<PgConnection> {
+pub async fn connect(url: &str) -> anyhow::Result<PgConnection> {
     PgConnection::connect(url).await.with_context(|| format!("cannot connect to {url}"))
 }
 
@@ -575,7 +576,7 @@ mod tests {
         let end = Utc::now();
         let start = end - chrono::Duration::days(90);
         let (sessions, events, users) =
-            generate(Shape { events: 200_000, days: 90, seed: 7 }, start, end);
+            generate(Shape { events: 200_000, days: 90, seed: 7, start: None }, start, end);
         assert_eq!(events.len(), 200_000);
         let mean = events.len() as f64 / sessions.len() as f64;
         assert!((12.0..30.0).contains(&mean), "mean session size {mean}");

@@ -18,30 +18,26 @@
 //!
 //! The database (`eye_query_bench`, on `DATABASE_URL`'s server or a durable private server under
 //! `target/eye-query-bench-pg`) is kept after the run; `--reuse` measures it again without
-//! reloading. See [`load`] for how the events are made and loaded.
+//! reloading. See [`eye_query_bench::load`] for how the events are made and loaded.
 //!
 //! Run `just query-bench`, or `cargo build --release -p eye-query-bench &&
 //! target/release/eye-query-bench --help`.
 
-mod load;
-
-use eye_service::auth::Role;
+use eye_query_bench::{
+    load::{self, Loaded, Shape},
+    mix::{self, Kind, Percentiles, Query, Sample},
+};
 use eye_test_support::harness;
-use std::time::Instant;
 
 use anyhow::bail;
-use chrono::{DateTime, Utc};
 use clap::Parser;
-use eye_proto::v1::{
-    EventFilter, GetSessionRequest, ListEventsRequest, query_service_client::QueryServiceClient,
-};
+use eye_proto::v1::query_service_client::QueryServiceClient;
 use serde::Serialize;
 use sqlx::PgConnection;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use uuid::Uuid;
-
-use crate::load::{Loaded, Rng, Shape};
 
 #[derive(Debug, Parser)]
 #[command(about = "Read-path latency of The Eye over a large store")]
@@ -83,68 +79,6 @@ struct Args {
     export: bool,
 }
 
-/// The questions measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Kind {
-    Session,
-    SessionLarge,
-    CategoryHour,
-    DataContains,
-}
-
-impl Kind {
-    const ALL: [Kind; 4] =
-        [Kind::Session, Kind::SessionLarge, Kind::CategoryHour, Kind::DataContains];
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Session => "session",
-            Self::SessionLarge => "session_large",
-            Self::CategoryHour => "category_hour",
-            Self::DataContains => "data_contains",
-        }
-    }
-
-    /// The p95 target, in milliseconds.
-    fn target_ms(self) -> f64 {
-        match self {
-            Self::Session | Self::SessionLarge | Self::CategoryHour => 50.0,
-            Self::DataContains => 200.0,
-        }
-    }
-}
-
-/// One query, with its parameters.
-#[derive(Debug, Clone)]
-enum Query {
-    Session(Uuid),
-    CategoryHour { category: &'static str, from: DateTime<Utc> },
-    DataContains(String),
-}
-
-/// Most events per page, as the service allows.
-const PAGE_SIZE: i32 = 1_000;
-
-#[derive(Debug, Default, Serialize)]
-struct Percentiles {
-    p50: f64,
-    p95: f64,
-    p99: f64,
-    max: f64,
-}
-
-impl Percentiles {
-    fn of(mut samples: Vec<f64>) -> Self {
-        if samples.is_empty() {
-            return Self::default();
-        }
-        samples.sort_by(f64::total_cmp);
-        let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-        Self { p50: at(0.50), p95: at(0.95), p99: at(0.99), max: at(1.0) }
-    }
-}
-
 #[derive(Debug, Serialize)]
 struct KindReport {
     kind: Kind,
@@ -183,7 +117,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let url = eye_test_support::database_url(&server, &args.database);
-    let shape = Shape { events: args.events, days: args.days, seed: args.seed };
+    let shape = Shape { events: args.events, days: args.days, seed: args.seed, start: None };
     let (store, reused) = prepare(&args, &server, &url, shape).await?;
 
     if args.export {
@@ -196,8 +130,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .fetch_all(&mut conn)
     .await?;
-    let key = read_key(&mut conn).await?;
-    let plan = plan_queries(&mut conn, &args, &store).await?;
+    let key = mix::read_key(&mut conn).await?;
+    let plan = mix::plan_queries(&mut conn, args.queries + args.warmup, args.seed, &store).await?;
 
     // The real query service, in-process, on a free port.
     let mut settings = eye_service::Settings::default();
@@ -216,15 +150,12 @@ async fn main() -> anyhow::Result<()> {
         "measuring {} queries of each kind after {} warm-up queries",
         args.queries, args.warmup
     );
-    let mut samples: Vec<Vec<(f64, usize, usize)>> = vec![Vec::new(); Kind::ALL.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Kind::ALL.len()];
     for round in 0..args.warmup + args.queries {
-        for (k, queries) in plan.iter().enumerate() {
-            let query = &queries[round % queries.len()];
-            let started = Instant::now();
-            let (rows, pages) = run_query(&client, &key, query).await?;
-            let elapsed = started.elapsed().as_secs_f64() * 1_000.0;
-            if round >= args.warmup {
-                samples[k].push((elapsed, rows, pages));
+        let asked = mix::ask_round(&client, &key, &plan, round).await?;
+        if round >= args.warmup {
+            for (kind, sample) in samples.iter_mut().zip(asked) {
+                kind.push(sample);
             }
         }
     }
@@ -235,14 +166,14 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .zip(samples)
         .map(|(kind, samples)| {
-            let rows: Vec<usize> = samples.iter().map(|s| s.1).collect();
-            let latency_ms = Percentiles::of(samples.iter().map(|s| s.0).collect());
+            let rows: Vec<usize> = samples.iter().map(|s| s.rows).collect();
+            let latency_ms = Percentiles::of(samples.iter().map(|s| s.ms).collect());
             KindReport {
                 kind: *kind,
                 queries: samples.len(),
                 rows_mean: rows.iter().sum::<usize>() as f64 / rows.len().max(1) as f64,
                 rows_max: rows.iter().copied().max().unwrap_or(0),
-                pages_max: samples.iter().map(|s| s.2).max().unwrap_or(0),
+                pages_max: samples.iter().map(|s| s.pages).max().unwrap_or(0),
                 met: latency_ms.p95 <= kind.target_ms(),
                 latency_ms,
                 target_p95_ms: kind.target_ms(),
@@ -344,131 +275,6 @@ async fn export_bench(url: &str, events: u64) -> anyhow::Result<()> {
 }
 
 /// A fresh key with the `read` role for the application `bench-reader`.
-async fn read_key(conn: &mut PgConnection) -> anyhow::Result<String> {
-    let issued = eye_admin::apps::ensure_and_issue_key(conn, "bench-reader", &[Role::Read]).await?;
-    Ok(issued.key)
-}
-
-/// The parameters of every query, per kind in [`Kind::ALL`] order, drawn from the store.
-async fn plan_queries(
-    conn: &mut PgConnection,
-    args: &Args,
-    store: &Loaded,
-) -> anyhow::Result<Vec<Vec<Query>>> {
-    let n = (args.queries + args.warmup) as i64;
-    let mut rng = Rng::new(args.seed ^ 0x0071_7565_7279);
-    // Postgres' random(), seeded, so that reruns ask the same questions.
-    sqlx::query("SELECT setseed($1)")
-        .bind((args.seed % 1_000) as f64 / 1_000.0)
-        .execute(&mut *conn)
-        .await?;
-    let sessions: Vec<Uuid> =
-        sqlx::query_scalar("SELECT session_id FROM sessions ORDER BY random() LIMIT $1")
-            .bind(n)
-            .fetch_all(&mut *conn)
-            .await?;
-    let large: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT session_id FROM sessions WHERE event_count BETWEEN 500 AND 1000 \
-         ORDER BY random() LIMIT $1",
-    )
-    .bind(n)
-    .fetch_all(&mut *conn)
-    .await?;
-    // Users of random events: the user an operator looks up is usually one that is active.
-    let users: Vec<String> = sqlx::query_scalar(
-        "SELECT data->>'user_id' FROM events TABLESAMPLE SYSTEM (0.05) REPEATABLE (7) \
-         ORDER BY random() LIMIT $1",
-    )
-    .bind(n)
-    .fetch_all(&mut *conn)
-    .await?;
-    if sessions.is_empty() || large.is_empty() || users.is_empty() {
-        bail!("the store is too small to draw queries from (no sessions of 500+ events?)");
-    }
-    let categories = load::categories();
-    let span = (store.window_end - store.window_start).num_seconds() - 3_600;
-    let hours = (0..n)
-        .map(|_| Query::CategoryHour {
-            category: categories[rng.below(categories.len() as u64) as usize],
-            from: store.window_start + chrono::Duration::seconds(rng.below(span as u64) as i64),
-        })
-        .collect();
-    Ok(vec![
-        sessions.into_iter().map(Query::Session).collect(),
-        large.into_iter().map(Query::Session).collect(),
-        hours,
-        users
-            .into_iter()
-            .map(|user| Query::DataContains(serde_json::json!({ "user_id": user }).to_string()))
-            .collect(),
-    ])
-}
-
-fn authorized<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii"));
-    request
-}
-
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: at.timestamp_subsec_nanos() as i32 }
-}
-
-/// Runs `query` to its last page; returns (events, pages).
-async fn run_query(
-    client: &QueryServiceClient<Channel>,
-    key: &str,
-    query: &Query,
-) -> anyhow::Result<(usize, usize)> {
-    let mut client = client.clone();
-    let (mut rows, mut pages) = (0, 0);
-    let mut page_token = String::new();
-    loop {
-        let next = match query {
-            Query::Session(id) => {
-                let request = GetSessionRequest {
-                    session_id: id.to_string(),
-                    page_size: PAGE_SIZE,
-                    page_token,
-                };
-                let page = client.get_session(authorized(request, key)).await?.into_inner();
-                rows += page.events.len();
-                page.next_page_token
-            }
-            Query::CategoryHour { .. } | Query::DataContains(_) => {
-                let request = ListEventsRequest {
-                    filter: Some(filter(query)),
-                    page_size: PAGE_SIZE,
-                    page_token,
-                };
-                let page = client.list_events(authorized(request, key)).await?.into_inner();
-                rows += page.events.len();
-                page.next_page_token
-            }
-        };
-        pages += 1;
-        if next.is_empty() {
-            return Ok((rows, pages));
-        }
-        page_token = next;
-    }
-}
-
-fn filter(query: &Query) -> EventFilter {
-    match query {
-        Query::Session(id) => EventFilter { session_id: id.to_string(), ..EventFilter::default() },
-        Query::CategoryHour { category, from } => EventFilter {
-            category: (*category).to_owned(),
-            from: Some(timestamp(*from)),
-            to: Some(timestamp(*from + chrono::Duration::hours(1))),
-            ..EventFilter::default()
-        },
-        Query::DataContains(json) => {
-            EventFilter { data_contains: json.clone(), ..EventFilter::default() }
-        }
-    }
-}
-
 /// The columns `eye_query::queries::list_events` selects.
 const COLUMNS: &str = "SELECT application_id, event_id, session_id, category, name, \
                        data::text AS data, occurred_at, received_at, stored_at, schema_version \
@@ -477,7 +283,7 @@ const COLUMNS: &str = "SELECT application_id, event_id, session_id, category, na
 /// `EXPLAIN (ANALYZE, BUFFERS)` of the first page of `query`, in the SQL the service builds for
 /// it (`eye_query::queries::list_events`, first page, `LIMIT page_size + 1`).
 async fn explain(conn: &mut PgConnection, query: &Query) -> anyhow::Result<String> {
-    let limit = i64::from(PAGE_SIZE) + 1;
+    let limit = i64::from(mix::PAGE_SIZE) + 1;
     let order = " ORDER BY occurred_at, event_id LIMIT $";
     let prefix = "EXPLAIN (ANALYZE, BUFFERS) ";
     let lines: Vec<String> = match query {

@@ -22,11 +22,18 @@ pub struct Writer {
     pool: PgPool,
     partitions: Partitions,
     metrics: Metrics,
+    /// `writer.gin_pending_list_kb`.
+    gin_pending_list_kb: u32,
 }
 
 impl Writer {
-    pub fn new(pool: PgPool, partitions: Partitions, metrics: Metrics) -> Self {
-        Self { pool, partitions, metrics }
+    pub fn new(
+        pool: PgPool,
+        partitions: Partitions,
+        metrics: Metrics,
+        gin_pending_list_kb: u32,
+    ) -> Self {
+        Self { pool, partitions, metrics, gin_pending_list_kb }
     }
 }
 
@@ -88,6 +95,9 @@ impl Handler for Writer {
             columns.occurred_at.push(event.occurred_at);
             columns.received_at.push(received_at);
             columns.schema_version.push((version > 0).then_some(version));
+        }
+        if self.gin_pending_list_kb > 0 {
+            store::set_gin_pending_list(conn, self.gin_pending_list_kb).await?;
         }
         let stored = store::insert(conn, &columns).await.inspect_err(|error| {
             if store::is_missing_partition(error) {

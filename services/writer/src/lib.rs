@@ -51,7 +51,8 @@ impl ConsumerService for WriterService {
 
     fn stage(settings: &Settings, pool: &PgPool, metrics: &Metrics) -> handler::Writer {
         let partitions = store::Partitions::new(settings.store.partition);
-        handler::Writer::new(pool.clone(), partitions, metrics.clone())
+        let gin_pending_list_kb = settings.writer.gin_pending_list_kb;
+        handler::Writer::new(pool.clone(), partitions, metrics.clone(), gin_pending_list_kb)
     }
 }
 

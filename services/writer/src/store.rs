@@ -215,6 +215,16 @@ pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<Stored, sqlx
     Ok(stored)
 }
 
+/// Sets the GIN pending list's size for the rest of the transaction `conn` is in (see
+/// `writer.gin_pending_list_kb`).
+pub async fn set_gin_pending_list(conn: &mut PgConnection, kb: u32) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('gin_pending_list_limit', $1, true)")
+        .bind(format!("{kb}kB"))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Enqueues, in the hand-off transaction `conn` is in, one delivery row per matched
 /// subscription (in subscription id order, as [`insert`] returns them).
 pub async fn enqueue_deliveries(

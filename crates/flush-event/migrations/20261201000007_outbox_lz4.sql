@@ -1,0 +1,1 @@
+../../../migrations/20261201000007_outbox_lz4.sql
