@@ -659,6 +659,8 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
     }
     if let Some(sampler) = sampler {
         report.samples = sampler.stop().await?;
+        let sampled = report.samples.iter().map(|s| s.outbox_bytes).max().unwrap_or(0);
+        report.outbox_bytes_peak = report.outbox_bytes_peak.max(sampled);
     }
     report.peak_rss_mb = stop_all(&mut services).await;
 
@@ -1514,6 +1516,7 @@ async fn create_key(conn: &mut PgConnection) -> anyhow::Result<(String, Uuid)> {
 /// quarantined or dead-lettered), or `deadline`; `peak` tracks the outbox's size meanwhile.
 async fn drained(conn: &mut PgConnection, deadline: Instant, peak: &mut i64) -> anyhow::Result<()> {
     loop {
+        *peak = (*peak).max(outbox_bytes(conn).await?);
         let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE stage = ANY($1)")
             .bind(eye_service::pipeline::stage::ALL)
             .fetch_one(&mut *conn)
@@ -1524,7 +1527,6 @@ async fn drained(conn: &mut PgConnection, deadline: Instant, peak: &mut i64) -> 
         if Instant::now() > deadline {
             bail!("timed out with {pending} events still in the outbox");
         }
-        *peak = (*peak).max(outbox_bytes(conn).await?);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
