@@ -115,7 +115,7 @@ async fn every_committed_change_is_stored_once_while_relays_are_killed_and_inges
     let eye = TestDb::new().await;
     let (_, key) = create_key(&eye.pool, "cards", &["ingest"]).await;
     let producer = TestDb::new().await;
-    assert_eq!(flush_event::install::install(&producer.url, "eye").await.unwrap(), 1);
+    assert_eq!(flush_event::install::install(&producer.url, "eye").await.unwrap(), 2);
     assert_eq!(flush_event::install::install(&producer.url, "eye").await.unwrap(), 0, "idempotent");
     sqlx::raw_sql(card_service::SCHEMA_SQL).execute(&producer.pool).await.unwrap();
 
