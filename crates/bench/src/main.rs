@@ -515,7 +515,15 @@ async fn quota_run(args: &Args, db: &Database) -> anyhow::Result<QuotaComparison
 
 async fn run_once(args: &Args, server: &str, scenario: Scenario) -> anyhow::Result<Report> {
     let db = fresh_database(server).await?;
-    let report = run(args, &db, scenario).await;
+    let report = async {
+        if args.preload > 0 {
+            preload(args, &db, args.preload).await?;
+        }
+        let mut report = run(args, &db, scenario).await?;
+        report.preloaded = args.preload;
+        anyhow::Ok(report)
+    }
+    .await;
     let _ = harness::drop_database(server, &db.name).await;
     report
 }
