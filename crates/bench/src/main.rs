@@ -41,9 +41,10 @@ use eye_query_bench::{
     load::{Loaded, Shape},
     mix::{self, Kind, Percentiles, Sample},
 };
-use eye_service::auth::Role;
+use eye_service::{auth::Role, settings::Granularity};
 use eye_test_support::harness;
 use std::{
+    collections::HashMap,
     path::PathBuf,
     process::Stdio,
     sync::{
@@ -54,7 +55,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use chrono::{Datelike, TimeZone, Utc};
+use chrono::{Datelike, DurationRound, TimeZone, Utc};
 use clap::{Parser, ValueEnum};
 use eye_admin::subscriptions::{Destination, Filter, NewSubscription};
 use eye_proto::v1::{
@@ -160,10 +161,14 @@ struct Args {
     /// Events loaded by COPY (the query benchmark's loader) before the run starts.
     #[arg(long, default_value_t = 0)]
     preload: u64,
-    /// Days the preloaded events span, ending now; 0: from the start of the current month, i.e.
-    /// all in the partition the run writes into.
+    /// Days the preloaded events span, ending now; 0: from the start of the current partition,
+    /// i.e. all in the partition the run writes into.
     #[arg(long, default_value_t = 0)]
     preload_days: u32,
+    /// The span of the store's `events` partitions (`store.partition`: day or month), for the
+    /// preload and the services.
+    #[arg(long, default_value = "month", value_parser = parse_granularity)]
+    partition: Granularity,
     /// Store sizes of the growth scenario.
     #[arg(long, value_delimiter = ',', default_value = "0,10000000")]
     sizes: Vec<u64>,
@@ -184,6 +189,9 @@ struct BacklogComparison {
     backlog: usize,
     alone_ms: Percentiles,
     draining_ms: Percentiles,
+    /// What ingest's connections waited on in Postgres, alone and while the backlog drains.
+    alone_ingest_waits: Waits,
+    draining_ingest_waits: Waits,
     /// p99 ack latency while a backlog drains over alone (target: p99 at most 25 ms in both).
     p99_draining_to_alone: f64,
     /// From the consumers' start until the backlog and the measured load were all stored.
@@ -194,6 +202,7 @@ struct BacklogComparison {
 
 struct Draining {
     ack_ms: Percentiles,
+    ingest_waits: Waits,
     drain_seconds: f64,
     failed: usize,
 }
@@ -215,7 +224,8 @@ async fn backlog_run(args: &Args, db: &Database) -> anyhow::Result<Draining> {
     let started = Instant::now();
     services.push(spawn(args, "eye-validator", &db.url, port, http_port)?);
     services.push(spawn(args, "eye-writer", &db.url, port, http_port)?);
-    let measured = open_loop(args, &key, Arc::new(make_batches(args)), &channels).await;
+    let (measured, ingest_waits) =
+        sampled_open_loop(args, &key, Arc::new(make_batches(args)), &channels, &db.url).await?;
     drained(&mut conn, Instant::now() + Duration::from_secs(args.timeout_secs), &mut 0).await?;
     let drain_seconds = started.elapsed().as_secs_f64();
     for service in &mut services {
@@ -223,6 +233,7 @@ async fn backlog_run(args: &Args, db: &Database) -> anyhow::Result<Draining> {
     }
     Ok(Draining {
         ack_ms: Percentiles::of(measured.latencies_ms),
+        ingest_waits,
         drain_seconds,
         failed: filled.failed + measured.failed,
     })
@@ -294,6 +305,8 @@ struct Report {
     ack_seconds: f64,
     acknowledged_per_second: f64,
     ack_latency_ms: Percentiles,
+    /// Open loop: what ingest's connections waited on in Postgres (`WaitSampler`).
+    ingest_waits: Waits,
     end_to_end_seconds: f64,
     end_to_end_per_second: f64,
     stored: i64,
@@ -372,6 +385,8 @@ async fn main() -> anyhow::Result<()> {
             p99_draining_to_alone: draining.ack_ms.p99 / alone.ack_latency_ms.p99,
             alone_ms: alone.ack_latency_ms,
             draining_ms: draining.ack_ms,
+            alone_ingest_waits: alone.ingest_waits,
+            draining_ingest_waits: draining.ingest_waits,
             drain_seconds: draining.drain_seconds,
             failed_requests: draining.failed,
             machine: harness::machine(),
@@ -605,7 +620,12 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
     }
     let started = Instant::now();
     let outcome = match scenario {
-        Scenario::Latency => open_loop(args, &key, batches.clone(), &channels).await,
+        Scenario::Latency => {
+            let (outcome, waits) =
+                sampled_open_loop(args, &key, batches.clone(), &channels, &db.url).await?;
+            report.ingest_waits = waits;
+            outcome
+        }
         Scenario::Client | Scenario::ClientSpool => {
             let (outcome, rss) =
                 client_load(args, &key, &endpoint, seed, scenario == Scenario::ClientSpool).await?;
@@ -691,11 +711,22 @@ async fn preload(args: &Args, db: &Database, events: u64) -> anyhow::Result<Load
     let mut conn = PgConnection::connect(&db.url).await?;
     let now = Utc::now();
     let start = (args.preload_days == 0).then(|| {
-        let month = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single();
-        // In a month's first two hours, two hours back (partly into last month's partition).
-        month.expect("a month's start").min(now - chrono::Duration::hours(2))
+        let partition = match args.partition {
+            Granularity::Month => {
+                Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single()
+            }
+            Granularity::Day => now.duration_trunc(chrono::TimeDelta::days(1)).ok(),
+        };
+        // In a partition's first two hours, two hours back (partly into the previous one).
+        partition.expect("a partition's start").min(now - chrono::Duration::hours(2))
     });
-    let shape = Shape { events, days: args.preload_days.max(1), seed: 42, start };
+    let shape = Shape {
+        events,
+        days: args.preload_days.max(1),
+        seed: 42,
+        start,
+        partition: args.partition,
+    };
     let loaded = eye_query_bench::load::load(&mut conn, shape).await?;
     sqlx::query("CHECKPOINT").execute(&mut conn).await?;
     Ok(loaded)
@@ -708,6 +739,8 @@ struct GrowthRun {
     gin: bool,
     /// The store's events partitions with their indexes before the run, bytes.
     store_bytes: i64,
+    /// Of which the partition the run writes into (its indexes are the ones each insert grows).
+    written_partition_bytes: i64,
     end_to_end_per_second: f64,
     acknowledged_per_second: f64,
     /// Over the empty store's rate with the same index set (when `--sizes` includes 0).
@@ -728,6 +761,13 @@ async fn growth_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
                 _ => preload(args, &db, size).await?.total_bytes,
             };
             let mut conn = PgConnection::connect(&db.url).await?;
+            // Before the services start: the partition of now, made here if the preload did not.
+            let written_partition_bytes: i64 = sqlx::query_scalar(
+                "SELECT pg_total_relation_size(eye_ensure_partition('events', now(), $1))",
+            )
+            .bind(args.partition.as_str())
+            .fetch_one(&mut conn)
+            .await?;
             let mut pair = Vec::new();
             for gin in [true, false] {
                 if !gin {
@@ -745,6 +785,7 @@ async fn growth_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
                     preloaded: size,
                     gin,
                     store_bytes,
+                    written_partition_bytes,
                     end_to_end_per_second: report.end_to_end_per_second,
                     acknowledged_per_second: report.acknowledged_per_second,
                     to_empty: None,
@@ -767,15 +808,16 @@ async fn growth_scenario(args: &Args, server: &str) -> anyhow::Result<()> {
     }
     println!("{}", serde_json::to_string_pretty(&runs)?);
     eprintln!(
-        "{:>12} {:>4} {:>9} {:>12} {:>12} {:>9}",
-        "preloaded", "GIN", "store GB", "e2e/s", "acked/s", "to empty"
+        "{:>12} {:>4} {:>9} {:>11} {:>12} {:>12} {:>9}",
+        "preloaded", "GIN", "store GB", "written GB", "e2e/s", "acked/s", "to empty"
     );
     for run in &runs {
         eprintln!(
-            "{:>12} {:>4} {:>9.1} {:>12.0} {:>12.0} {:>9}",
+            "{:>12} {:>4} {:>9.1} {:>11.2} {:>12.0} {:>12.0} {:>9}",
             run.preloaded,
             if run.gin { "on" } else { "off" },
             run.store_bytes as f64 / 1e9,
+            run.written_partition_bytes as f64 / 1e9,
             run.end_to_end_per_second,
             run.acknowledged_per_second,
             run.to_empty.map_or("-".into(), |r| format!("{r:.2}"))
@@ -791,6 +833,9 @@ struct MixedComparison {
     offered_rate: usize,
     ack_alone_ms: Percentiles,
     ack_with_queries_ms: Percentiles,
+    /// What ingest's connections waited on in Postgres, alone and beside the queries.
+    ingest_waits_alone: Waits,
+    ingest_waits_with_queries: Waits,
     /// Ack p99 while the queries run over alone (target: p99 at most 25 ms in both).
     ack_p99_with_queries_to_alone: f64,
     queries: Vec<KindUnderIngest>,
@@ -885,7 +930,8 @@ async fn mixed_run(args: &Args, db: &Database) -> anyhow::Result<MixedComparison
     }
     // Ingest alone.
     let alone_batches = Arc::new(make_batches(args));
-    let alone = open_loop(args, &key, alone_batches.clone(), &channels).await;
+    let (alone, alone_waits) =
+        sampled_open_loop(args, &key, alone_batches.clone(), &channels, &db.url).await?;
     drained(&mut conn, deadline(), &mut 0).await?;
     // Both: one reader asking round after round for as long as the load lasts.
     let stop = Arc::new(AtomicBool::new(false));
@@ -904,7 +950,8 @@ async fn mixed_run(args: &Args, db: &Database) -> anyhow::Result<MixedComparison
         }
     });
     let together_batches = Arc::new(make_batches(args));
-    let together = open_loop(args, &key, together_batches.clone(), &channels).await;
+    let (together, together_waits) =
+        sampled_open_loop(args, &key, together_batches.clone(), &channels, &db.url).await?;
     stop.store(true, Ordering::Relaxed);
     let busy = asker.await??;
     drained(&mut conn, deadline(), &mut 0).await?;
@@ -924,6 +971,8 @@ async fn mixed_run(args: &Args, db: &Database) -> anyhow::Result<MixedComparison
         ack_p99_with_queries_to_alone: ack_with_queries_ms.p99 / ack_alone_ms.p99,
         ack_alone_ms,
         ack_with_queries_ms,
+        ingest_waits_alone: alone_waits,
+        ingest_waits_with_queries: together_waits,
         queries: kinds
             .map(|(kind, (idle, busy))| {
                 let (idle_ms, under_ingest_ms) = (ms(idle), ms(busy));
@@ -1269,6 +1318,19 @@ async fn http_closed_loop(
     outcome
 }
 
+/// [`open_loop`] with a [`WaitSampler`] on ingest's connections for its duration.
+async fn sampled_open_loop(
+    args: &Args,
+    key: &str,
+    batches: Arc<Vec<SendEventsRequest>>,
+    channels: &[Channel],
+    url: &str,
+) -> anyhow::Result<(Outcome, Waits)> {
+    let waits = WaitSampler::start(url, "eye-ingest").await?;
+    let outcome = open_loop(args, key, batches, channels).await;
+    Ok((outcome, waits.stop().await?))
+}
+
 async fn open_loop(
     args: &Args,
     key: &str,
@@ -1451,6 +1513,14 @@ impl Service {
     }
 }
 
+fn parse_granularity(value: &str) -> Result<Granularity, String> {
+    match value {
+        "day" => Ok(Granularity::Day),
+        "month" => Ok(Granularity::Month),
+        other => Err(format!("day or month, not {other:?}")),
+    }
+}
+
 fn spawn(
     args: &Args,
     name: &'static str,
@@ -1459,8 +1529,10 @@ fn spawn(
     http_port: u16,
 ) -> anyhow::Result<Service> {
     let path = args.bin_dir.join(name);
+    // Named in `pg_stat_activity`, for `WaitSampler`.
+    let separator = if database_url.contains('?') { '&' } else { '?' };
     let child = Command::new(&path)
-        .env("DATABASE_URL", database_url)
+        .env("DATABASE_URL", format!("{database_url}{separator}application_name={name}"))
         .env("EYE__INGEST__HOST", "127.0.0.1")
         .env("EYE__INGEST__PORT", port.to_string())
         .env("EYE__INGEST__HTTP_PORT", http_port.to_string())
@@ -1471,6 +1543,7 @@ fn spawn(
         // Several services on one host: each its own free metrics port.
         .env("EYE__METRICS__HOST", "127.0.0.1")
         .env("EYE__METRICS__PORT", "0")
+        .env("EYE__STORE__PARTITION", args.partition.as_str())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -1598,6 +1671,62 @@ impl Sampler {
     }
 
     async fn stop(self) -> anyhow::Result<Vec<OutboxSample>> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
+}
+
+/// [`WaitSampler`]'s result: connections seen in a statement, and the share of each wait event.
+#[derive(Debug, Default, Serialize)]
+struct Waits {
+    samples: u64,
+    shares: Vec<(String, f64)>,
+}
+
+/// What one service's Postgres connections wait on while they are in a statement, sampled from
+/// `pg_stat_activity` every 10 ms: the share of samples per wait event, largest first. `CPU`:
+/// no wait event, i.e. running or waiting for a core. For ingest, that is where an
+/// acknowledgement's time in Postgres goes (the outbox insert and its commit's WAL flush).
+struct WaitSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<Waits>>,
+}
+
+impl WaitSampler {
+    async fn start(url: &str, service: &'static str) -> anyhow::Result<Self> {
+        let mut conn = PgConnection::connect(url).await?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut counts: HashMap<String, u64> = HashMap::new();
+            let mut ticks = tokio::time::interval(Duration::from_millis(10));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = &mut stopped => break,
+                }
+                let waits: Vec<String> = sqlx::query_scalar(
+                    "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') \
+                     FROM pg_stat_activity WHERE application_name = $1 AND state = 'active'",
+                )
+                .bind(service)
+                .fetch_all(&mut conn)
+                .await?;
+                for wait in waits {
+                    *counts.entry(wait).or_default() += 1;
+                }
+            }
+            let samples = counts.values().sum::<u64>();
+            let mut shares: Vec<(String, f64)> = (counts.into_iter())
+                .map(|(wait, n)| (wait, n as f64 / samples.max(1) as f64))
+                .collect();
+            shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+            Ok(Waits { samples, shares })
+        });
+        Ok(Self { stop, task })
+    }
+
+    async fn stop(self) -> anyhow::Result<Waits> {
         let _ = self.stop.send(());
         self.task.await?
     }

@@ -12,7 +12,7 @@
 //!
 //! # How it is loaded
 //! Events are generated compactly, sorted by time and streamed in that order, as the writer
-//! would have appended them, so each month partition's heap is in time order. The indexes and the
+//! would have appended them, so each partition's heap is in time order. The indexes and the
 //! primary key of `events` are dropped before the `COPY` and rebuilt after it from their own
 //! definitions (read from the catalog, and checked identical afterwards): building an index over
 //! 10 million rows takes seconds where maintaining it row by row takes most of an hour. Fresh
@@ -23,7 +23,8 @@
 use std::{fmt::Write as _, time::Instant};
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Datelike, Months, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, DurationRound, Months, TimeDelta, TimeZone, Timelike, Utc};
+use eye_service::settings::Granularity;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
@@ -84,6 +85,8 @@ pub struct Shape {
     pub seed: u64,
     /// ... unless they start here instead (`eye-bench` fills the partition it writes into).
     pub start: Option<DateTime<Utc>>,
+    /// The span of the `events` partitions made for them, as `store.partition` says it.
+    pub partition: Granularity,
 }
 
 /// What was loaded, recorded in `query_bench_meta` so that `--reuse` can check it.
@@ -220,17 +223,24 @@ pub async fn load(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<Loade
     let (sessions, mut events, users) = generate(shape, window_start, window_end);
     events.sort_unstable_by_key(|e| (e.at, e.session, e.seq));
 
-    // The month partitions the window touches.
-    let mut month = Utc
-        .with_ymd_and_hms(window_start.year(), window_start.month(), 1, 0, 0, 0)
-        .single()
-        .expect("valid month");
-    while month < window_end {
-        sqlx::query("SELECT eye_ensure_event_partition($1)")
-            .bind(month)
+    // The partitions the window touches, as the writer's upkeep would have made them.
+    let mut at = match shape.partition {
+        Granularity::Month => Utc
+            .with_ymd_and_hms(window_start.year(), window_start.month(), 1, 0, 0, 0)
+            .single()
+            .expect("valid month"),
+        Granularity::Day => window_start.duration_trunc(TimeDelta::days(1)).expect("valid day"),
+    };
+    while at < window_end {
+        sqlx::query("SELECT eye_ensure_partition('events', $1, $2)")
+            .bind(at)
+            .bind(shape.partition.as_str())
             .execute(&mut *conn)
             .await?;
-        month = month + Months::new(1);
+        at = match shape.partition {
+            Granularity::Month => at + Months::new(1),
+            Granularity::Day => at + TimeDelta::days(1),
+        };
     }
 
     let applications = applications(conn).await?;
@@ -575,8 +585,17 @@ mod tests {
     fn sessions_are_realistic() {
         let end = Utc::now();
         let start = end - chrono::Duration::days(90);
-        let (sessions, events, users) =
-            generate(Shape { events: 200_000, days: 90, seed: 7, start: None }, start, end);
+        let (sessions, events, users) = generate(
+            Shape {
+                events: 200_000,
+                days: 90,
+                seed: 7,
+                start: None,
+                partition: Granularity::Month,
+            },
+            start,
+            end,
+        );
         assert_eq!(events.len(), 200_000);
         let mean = events.len() as f64 / sessions.len() as f64;
         assert!((12.0..30.0).contains(&mean), "mean session size {mean}");

@@ -32,6 +32,7 @@ use eye_test_support::harness;
 use anyhow::bail;
 use clap::Parser;
 use eye_proto::v1::query_service_client::QueryServiceClient;
+use eye_service::settings::Granularity;
 use serde::Serialize;
 use sqlx::PgConnection;
 use std::time::Instant;
@@ -117,7 +118,13 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let url = eye_test_support::database_url(&server, &args.database);
-    let shape = Shape { events: args.events, days: args.days, seed: args.seed, start: None };
+    let shape = Shape {
+        events: args.events,
+        days: args.days,
+        seed: args.seed,
+        start: None,
+        partition: Granularity::Month,
+    };
     let (store, reused) = prepare(&args, &server, &url, shape).await?;
 
     if args.export {
