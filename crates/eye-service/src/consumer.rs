@@ -199,6 +199,10 @@ impl<S: Stage> Handler for Observed<S> {
         self.stage.split(body)
     }
 
+    fn wake_ups(&self) -> &[(&'static str, &'static str)] {
+        self.stage.wake_ups()
+    }
+
     fn observe(&self, batch: &BatchReport<'_>) {
         self.metrics.stage().observe_batch(batch);
         self.stage.observe(batch);

@@ -23,7 +23,23 @@ pub async fn flush_events<'a, M: Message + 'a>(
     stage: &str,
     rows: impl IntoIterator<Item = (&'a M, &'a Headers)>,
 ) -> Result<u64, sqlx::Error> {
-    insert(conn, "outbox", stage, rows).await
+    insert(conn, "outbox", stage, rows, true).await
+}
+
+/// [`flush_events`] without the wake-up at commit: the caller sends [`wake`](crate::wake::wake)
+/// once its transaction has committed (a hand-off's [`Handler::wake_ups`](crate::Handler)).
+///
+/// For a pipeline's hot path. A `NOTIFY` inside a transaction makes its commit take Postgres'
+/// notify lock, one for the whole server, and hold it through the commit's WAL flush: every
+/// notifying transaction then commits one at a time, and group commit cannot share a flush
+/// between them. A consumer that misses a wake-up (its process died between the commit and the
+/// wake) finds the rows at its next poll.
+pub async fn flush_events_unannounced<'a, M: Message + 'a>(
+    conn: &mut PgConnection,
+    stage: &str,
+    rows: impl IntoIterator<Item = (&'a M, &'a Headers)>,
+) -> Result<u64, sqlx::Error> {
+    insert(conn, "outbox", stage, rows, false).await
 }
 
 /// [`flush_events`] into the outbox installed in `schema` of a producer's own database (see
@@ -36,7 +52,7 @@ pub async fn flush_events_in<'a, M: Message + 'a>(
 ) -> Result<u64, sqlx::Error> {
     crate::install::check_schema(schema)
         .map_err(|error| sqlx::Error::Configuration(Box::new(error)))?;
-    insert(conn, &format!("{schema}.outbox"), stage, rows).await
+    insert(conn, &format!("{schema}.outbox"), stage, rows, true).await
 }
 
 async fn insert<'a, M: Message + 'a>(
@@ -44,6 +60,7 @@ async fn insert<'a, M: Message + 'a>(
     table: &str,
     stage: &str,
     rows: impl IntoIterator<Item = (&'a M, &'a Headers)>,
+    notify: bool,
 ) -> Result<u64, sqlx::Error> {
     let (bodies, headers): (Vec<Vec<u8>>, Vec<serde_json::Value>) = rows
         .into_iter()
@@ -54,21 +71,18 @@ async fn insert<'a, M: Message + 'a>(
     }
     // One round trip: insert and queue the wake-up (Postgres folds repeated identical NOTIFYs of a
     // transaction into one, delivered at commit).
+    let wake = if notify { "FROM pg_notify($4, $1)" } else { "" };
     let sql = format!(
         "WITH inserted AS ( \
              INSERT INTO {table} (stage, body, headers) \
              SELECT $1, body, headers FROM UNNEST($2::bytea[], $3::jsonb[]) AS r(body, headers) \
              RETURNING 1 \
          ) \
-         SELECT (SELECT count(*) FROM inserted) FROM pg_notify($4, $1)"
+         SELECT (SELECT count(*) FROM inserted) {wake}"
     );
-    let (inserted,): (i64,) = sqlx::query_as(&sql)
-        .bind(stage)
-        .bind(&bodies)
-        .bind(&headers)
-        .bind(CHANNEL)
-        .fetch_one(conn)
-        .await?;
+    let query = sqlx::query_as(&sql).bind(stage).bind(&bodies).bind(&headers);
+    let query = if notify { query.bind(CHANNEL) } else { query };
+    let (inserted,): (i64,) = query.fetch_one(conn).await?;
     Ok(inserted as u64)
 }
 

@@ -41,13 +41,13 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 
-pub use enqueue::{flush_event, flush_events, flush_events_in};
+pub use enqueue::{flush_event, flush_events, flush_events_in, flush_events_unannounced};
 pub use failure::{DbFailure, is_transient};
 pub use outbox::{
     Claimed, Outbox, OutboxConfig, RetryOutcome, dead_letter_in_hand_off,
     dead_letter_new_in_hand_off, record_progress,
 };
-pub use wake::Waker;
+pub use wake::{Waker, notify, notify_later, wake};
 pub use worker::{BatchReport, Handler, run_worker, run_workers};
 
 /// Propagation headers carried by each row, e.g. the W3C `traceparent` of the call that made it.

@@ -88,6 +88,35 @@ impl Waker {
     }
 }
 
+/// Sends `NOTIFY channel, payload` on its own, outside any transaction of the caller's: the
+/// wake-up after a commit made with [`flush_events_unannounced`](crate::enqueue::flush_events_unannounced).
+/// Its commit does not wait for the disk (`synchronous_commit` off for this statement): a
+/// notification is not data, and a lost one costs a consumer at most its poll interval.
+pub async fn notify(pool: &PgPool, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// [`notify`] on the outbox's channel: wakes the consumers of `stage`, in every process.
+pub async fn wake(pool: &PgPool, stage: &str) -> Result<(), sqlx::Error> {
+    notify(pool, CHANNEL, stage).await
+}
+
+/// [`notify`] in a task of its own, so that the caller does not wait for it; a failure is
+/// logged (consumers poll meanwhile).
+pub fn notify_later(pool: &PgPool, channel: &'static str, payload: &'static str) {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        if let Err(error) = notify(&pool, channel, payload).await {
+            tracing::warn!(%error, channel, payload, "wake-up not sent; consumers will poll");
+        }
+    });
+}
+
 async fn connect(pool: &PgPool) -> Result<PgListener, Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;

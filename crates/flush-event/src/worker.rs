@@ -42,6 +42,14 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
+    /// The `NOTIFY`s (channel, payload) to send after each committed hand-off, outside its
+    /// transaction: for a handler that enqueues with
+    /// [`flush_events_unannounced`](crate::flush_events_unannounced), the next stage's wake-up.
+    /// The default: none.
+    fn wake_ups(&self) -> &[(&'static str, &'static str)] {
+        &[]
+    }
+
     /// Called once per claimed batch after it was processed, committed or not: a hook for
     /// metrics. The default does nothing.
     fn observe(&self, _batch: &BatchReport<'_>) {}
@@ -272,7 +280,11 @@ async fn hand_off<H: Handler>(
     let mut tx = outbox.pool().begin().await.map_err(|e| Failure::Outbox(e.into()))?;
     handler.handle(&mut tx, rows).await.map_err(Failure::Handler)?;
     outbox.ack(&mut tx, rows).await.map_err(Failure::Outbox)?;
-    tx.commit().await.map_err(|e| Failure::Outbox(e.into()))
+    tx.commit().await.map_err(|e| Failure::Outbox(e.into()))?;
+    for &(channel, payload) in handler.wake_ups() {
+        crate::notify_later(outbox.pool(), channel, payload);
+    }
+    Ok(())
 }
 
 fn failure_retry_after<H: Handler>(handler: &H, failure: &Failure<H::Error>) -> Option<Duration> {

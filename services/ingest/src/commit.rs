@@ -247,8 +247,13 @@ async fn commit_group(
         }
         outcomes.push(new);
     }
-    flush_event::flush_events(&mut tx, stage::VALIDATE, rows.iter().map(|(body, h)| (body, h)))
-        .await?;
+    let rows = rows.iter().map(|(body, h)| (body, h));
+    let enqueued = flush_event::flush_events_unannounced(&mut tx, stage::VALIDATE, rows).await?;
     tx.commit().await?;
+    // After the commit, not in it: a NOTIFY would serialise every commit on the server (see
+    // `flush_events_unannounced`).
+    if enqueued > 0 {
+        flush_event::notify_later(pool, flush_event::CHANNEL, stage::VALIDATE);
+    }
     Ok(outcomes)
 }

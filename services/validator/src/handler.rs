@@ -202,6 +202,11 @@ impl Handler for Validator {
         batch::split(body)
     }
 
+    /// The writer's wake-up, after the commit (`handle` enqueues unannounced).
+    fn wake_ups(&self) -> &[(&'static str, &'static str)] {
+        &[(flush_event::CHANNEL, stage::WRITE)]
+    }
+
     fn is_transient(&self, error: &ValidatorError) -> bool {
         match error {
             ValidatorError::Database(error) => flush_event::is_transient(error),
@@ -287,8 +292,12 @@ impl Handler for Validator {
             // (kept, with its body) rather than half-processed.
             return Err(ValidatorError::Undecodable(undecodable));
         }
-        flush_event::flush_events(conn, stage::WRITE, valid.iter().map(|(body, h)| (body, h)))
-            .await?;
+        flush_event::flush_events_unannounced(
+            conn,
+            stage::WRITE,
+            valid.iter().map(|(b, h)| (b, h)),
+        )
+        .await?;
         quarantine.insert(conn).await?;
         replayed.mark_stored(conn).await?;
         tracing::debug!(

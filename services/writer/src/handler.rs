@@ -2,7 +2,10 @@
 
 use event_model::batch;
 use eye_proto::v1::EventBatch;
-use eye_service::{consumer::Stage, pipeline::stage};
+use eye_service::{
+    consumer::Stage,
+    pipeline::{channel, stage},
+};
 use eye_telemetry::{metrics::Metrics, propagation};
 use flush_event::{Claimed, Handler};
 use sqlx::{PgConnection, PgPool};
@@ -46,6 +49,12 @@ impl Stage for Writer {
 impl Handler for Writer {
     type Message = EventBatch;
     type Error = WriterError;
+
+    /// The console's live tail (`channel::STORED`), after the commit: a NOTIFY inside the
+    /// hand-off would serialise every commit on the server (`flush_events_unannounced`).
+    fn wake_ups(&self) -> &[(&'static str, &'static str)] {
+        &[(channel::STORED, "events")]
+    }
 
     fn split(&self, body: &EventBatch) -> Option<(EventBatch, EventBatch)> {
         batch::split(body)

@@ -3,10 +3,7 @@
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use eye_service::{
-    pipeline::{channel, delivery},
-    settings::Granularity,
-};
+use eye_service::{pipeline::delivery, settings::Granularity};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -191,7 +188,6 @@ pub async fn insert(conn: &mut PgConnection, rows: &Rows) -> Result<Stored, sqlx
     .bind(&rows.schema_version)
     .fetch_all(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, 'events')").bind(channel::STORED).execute(conn).await?;
     let mut stored = Stored::default();
     for row in found {
         stored.events = row.stored as u64;

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use eye_test_support::TestDb;
-use flush_event::{CHANNEL, Headers, Outbox, flush_event, flush_events};
+use flush_event::{
+    CHANNEL, Headers, Outbox, flush_event, flush_events, flush_events_unannounced, wake,
+};
 use sqlx::postgres::PgListener;
 
 use crate::{Job, config, job, scalar};
@@ -76,6 +78,36 @@ async fn commit_notifies_the_stage_once_and_rollback_not_at_all() -> anyhow::Res
 
     // Notifications arrive in commit order: the rolled-back one never, each commit's just once.
     for expected in ["first", "second"] {
+        let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .expect("a notification within 10 s")?;
+        assert_eq!(notification.payload(), expected);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn unannounced_rows_are_enqueued_without_a_notification_until_woken() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let mut listener = PgListener::connect_with(&db.pool).await?;
+    listener.listen(CHANNEL).await?;
+    let headers = Headers::new();
+
+    let mut tx = db.pool.begin().await?;
+    let jobs = [job(1), job(2)];
+    let enqueued =
+        flush_events_unannounced(&mut tx, "quiet", jobs.iter().map(|job| (job, &headers))).await?;
+    tx.commit().await?;
+    assert_eq!(enqueued, 2);
+    let rows = scalar(&db.pool, "SELECT count(*) FROM outbox WHERE stage = 'quiet'").await;
+    assert_eq!(rows, 2);
+    // Then an announced commit and the wake-up: notifications arrive in commit order, so the
+    // quiet commit, which came first, would have been received first had it sent one.
+    let mut tx = db.pool.begin().await?;
+    flush_event(&mut tx, "loud", &job(3), &headers).await?;
+    tx.commit().await?;
+    wake(&db.pool, "quiet").await?;
+    for expected in ["loud", "quiet"] {
         let notification = tokio::time::timeout(Duration::from_secs(10), listener.recv())
             .await
             .expect("a notification within 10 s")?;

@@ -4,7 +4,8 @@ use std::{sync::Arc, time::Duration};
 
 use eye_test_support::{TestDb, wait_for};
 use flush_event::{
-    Claimed, Handler, Headers, Outbox, OutboxConfig, Waker, flush_events, run_worker,
+    CHANNEL, Claimed, Handler, Headers, Outbox, OutboxConfig, Waker, flush_events,
+    flush_events_unannounced, run_worker,
 };
 use prost::Message;
 use sqlx::{PgConnection, PgPool};
@@ -56,6 +57,26 @@ impl Handler for Gated {
     }
 }
 
+/// Forwards its jobs to stage `t` without the in-transaction wake-up, and wakes `t` after each
+/// commit instead (as ingest and the validator do).
+struct Forwarder;
+
+impl Handler for Forwarder {
+    type Message = Job;
+    type Error = String;
+
+    async fn handle(&self, conn: &mut PgConnection, rows: &[Claimed<Job>]) -> Result<(), String> {
+        let headers = Headers::new();
+        let jobs = rows.iter().map(|row| (&row.body, &headers));
+        flush_events_unannounced(conn, "t", jobs).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn wake_ups(&self) -> &[(&'static str, &'static str)] {
+        &[(CHANNEL, "t")]
+    }
+}
+
 /// Workers of one stage sharing a [`Waker`] and a shutdown token. Generic over the handler, so it
 /// also checks at compile time that `run_worker` can be spawned for any [`Handler`] (its future
 /// once needed `Handler::Error: Sync`).
@@ -71,10 +92,20 @@ impl Workers {
         handler: Arc<H>,
         count: usize,
     ) -> anyhow::Result<Self> {
+        Self::start_on(pool, "s", config, handler, count).await
+    }
+
+    async fn start_on<H: Handler>(
+        pool: &PgPool,
+        stage: &str,
+        config: OutboxConfig,
+        handler: Arc<H>,
+        count: usize,
+    ) -> anyhow::Result<Self> {
         sqlx::query("CREATE TABLE IF NOT EXISTS handled (n bigint NOT NULL)").execute(pool).await?;
         let shutdown = CancellationToken::new();
         let waker = Waker::listen(pool, shutdown.clone());
-        let outbox = Outbox::new(pool.clone(), "s", config);
+        let outbox = Outbox::new(pool.clone(), stage, config);
         let handles = (0..count)
             .map(|_| {
                 let worker =
@@ -181,6 +212,25 @@ async fn notify_wakes_an_idle_worker_long_before_its_poll_interval() -> anyhow::
     enqueue(pool, "s", &[job(2)]).await?;
     wait_handled(pool, PROMPTLY, &[1, 2]).await;
     workers.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_wakes_the_next_stage_after_its_commit() -> anyhow::Result<()> {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let next = Workers::start_on(pool, "t", config(), Arc::new(Recorder), 1).await?;
+    // Once it has handled a job, the next stage's worker is idle until woken or its 60 s poll.
+    enqueue(pool, "t", &[job(1)]).await?;
+    wait_handled(pool, PROMPTLY, &[1]).await;
+
+    // Job 2 reaches `t` unannounced, in the forwarder's hand-off; only the wake-up it sends
+    // after its commit brings the next stage's worker back in time.
+    let forwarders = Workers::start_on(pool, "s", config(), Arc::new(Forwarder), 1).await?;
+    enqueue(pool, "s", &[job(2)]).await?;
+    wait_handled(pool, PROMPTLY, &[1, 2]).await;
+    forwarders.stop().await;
+    next.stop().await;
     Ok(())
 }
 
