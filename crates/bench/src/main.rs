@@ -55,7 +55,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use chrono::{Datelike, DurationRound, TimeZone, Utc};
+use chrono::Utc;
 use clap::{Parser, ValueEnum};
 use eye_admin::subscriptions::{Destination, Filter, NewSubscription};
 use eye_proto::v1::{
@@ -710,16 +710,9 @@ async fn run(args: &Args, db: &Database, scenario: Scenario) -> anyhow::Result<R
 async fn preload(args: &Args, db: &Database, events: u64) -> anyhow::Result<Loaded> {
     let mut conn = PgConnection::connect(&db.url).await?;
     let now = Utc::now();
-    let start = (args.preload_days == 0).then(|| {
-        let partition = match args.partition {
-            Granularity::Month => {
-                Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single()
-            }
-            Granularity::Day => now.duration_trunc(chrono::TimeDelta::days(1)).ok(),
-        };
-        // In a partition's first two hours, two hours back (partly into the previous one).
-        partition.expect("a partition's start").min(now - chrono::Duration::hours(2))
-    });
+    // In a partition's first two hours, two hours back (partly into the previous one).
+    let start = (args.preload_days == 0)
+        .then(|| args.partition.start_of(now).min(now - chrono::Duration::hours(2)));
     let shape = Shape {
         events,
         days: args.preload_days.max(1),
@@ -1529,10 +1522,9 @@ fn spawn(
     http_port: u16,
 ) -> anyhow::Result<Service> {
     let path = args.bin_dir.join(name);
-    // Named in `pg_stat_activity`, for `WaitSampler`.
-    let separator = if database_url.contains('?') { '&' } else { '?' };
     let child = Command::new(&path)
-        .env("DATABASE_URL", format!("{database_url}{separator}application_name={name}"))
+        // Named in `pg_stat_activity`, for `WaitSampler`.
+        .env("DATABASE_URL", eye_test_support::with_application_name(database_url, name))
         .env("EYE__INGEST__HOST", "127.0.0.1")
         .env("EYE__INGEST__PORT", port.to_string())
         .env("EYE__INGEST__HTTP_PORT", http_port.to_string())

@@ -162,9 +162,8 @@ impl Cluster {
             }
         }
         // The application name tells this instance's backends apart in pg_stat_activity.
-        let separator = if self.database_url.contains('?') { '&' } else { '?' };
         let database_url =
-            format!("{}{separator}application_name={}", self.database_url, service.name());
+            eye_test_support::with_application_name(&self.database_url, &service.name());
         command
             .current_dir(&self.run_dir)
             .env("DATABASE_URL", database_url)

@@ -16,7 +16,7 @@
 //! [`LOCK_TIMEOUT`] for it (a long query holding `events` makes the run fail and the next one
 //! retry) rather than queue ingest's writers behind it.
 
-use chrono::{DateTime, Days, Months, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use eye_service::settings::{Granularity, Retention, StoreSettings};
 use sqlx::PgPool;
 
@@ -32,12 +32,7 @@ const AHEAD: u32 = 2;
 /// The times whose `events` partitions are made ahead of need: `now` and the same time in each
 /// of the next [`AHEAD`] days or months (by `granularity`). The writer's start-up uses it too.
 pub fn ahead(granularity: Granularity, now: DateTime<Utc>) -> Vec<DateTime<Utc>> {
-    (0..=AHEAD)
-        .filter_map(|n| match granularity {
-            Granularity::Day => now.checked_add_days(Days::new(u64::from(n))),
-            Granularity::Month => now.checked_add_months(Months::new(n)),
-        })
-        .collect()
+    (0..=AHEAD).filter_map(|n| granularity.add(now, n)).collect()
 }
 
 /// What to keep, from the settings.

@@ -87,6 +87,30 @@ impl Granularity {
             Self::Month => "month",
         }
     }
+
+    /// The start of the partition holding `at` (`date_trunc` in UTC, as `eye_ensure_partition`
+    /// bounds new partitions).
+    pub fn start_of(self, at: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+        use chrono::{Datelike, TimeZone};
+        let day = at.date_naive();
+        let first = match self {
+            Self::Day => day,
+            Self::Month => day.with_day(1).expect("every month has a first day"),
+        };
+        chrono::Utc.from_utc_datetime(&first.and_time(chrono::NaiveTime::MIN))
+    }
+
+    /// `at` moved on by `n` partitions' spans (`None` past the calendar's range).
+    pub fn add(
+        self,
+        at: chrono::DateTime<chrono::Utc>,
+        n: u32,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self {
+            Self::Day => at.checked_add_days(chrono::Days::new(u64::from(n))),
+            Self::Month => at.checked_add_months(chrono::Months::new(n)),
+        }
+    }
 }
 
 /// A retention period, as `store.retention` says it.
@@ -643,6 +667,17 @@ mod tests {
         assert_eq!(settings.writer.consumer.batch_size, 7);
         assert_eq!(settings.metrics.port, 0);
         assert_eq!(settings.ingest.max_batch_events, 1_000);
+    }
+
+    #[test]
+    fn partitions_start_at_midnight_or_the_first_and_step_by_their_span() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().to_utc();
+        let now = at("2026-03-31T12:34:56Z");
+        assert_eq!(Granularity::Day.start_of(now), at("2026-03-31T00:00:00Z"));
+        assert_eq!(Granularity::Month.start_of(now), at("2026-03-01T00:00:00Z"));
+        let month = Granularity::Month.start_of(now);
+        assert_eq!(Granularity::Month.add(month, 1), Some(at("2026-04-01T00:00:00Z")));
+        assert_eq!(Granularity::Day.add(month, 31), Some(at("2026-04-01T00:00:00Z")));
     }
 
     #[test]

@@ -23,7 +23,7 @@
 use std::{fmt::Write as _, time::Instant};
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Datelike, DurationRound, Months, TimeDelta, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use eye_service::settings::Granularity;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
@@ -224,23 +224,14 @@ pub async fn load(conn: &mut PgConnection, shape: Shape) -> anyhow::Result<Loade
     events.sort_unstable_by_key(|e| (e.at, e.session, e.seq));
 
     // The partitions the window touches, as the writer's upkeep would have made them.
-    let mut at = match shape.partition {
-        Granularity::Month => Utc
-            .with_ymd_and_hms(window_start.year(), window_start.month(), 1, 0, 0, 0)
-            .single()
-            .expect("valid month"),
-        Granularity::Day => window_start.duration_trunc(TimeDelta::days(1)).expect("valid day"),
-    };
+    let mut at = shape.partition.start_of(window_start);
     while at < window_end {
         sqlx::query("SELECT eye_ensure_partition('events', $1, $2)")
             .bind(at)
             .bind(shape.partition.as_str())
             .execute(&mut *conn)
             .await?;
-        at = match shape.partition {
-            Granularity::Month => at + Months::new(1),
-            Granularity::Day => at + TimeDelta::days(1),
-        };
+        at = shape.partition.add(at, 1).expect("a partition within the calendar");
     }
 
     let applications = applications(conn).await?;

@@ -168,6 +168,13 @@ pub fn database_url(server: &str, database: &str) -> String {
     format!("{base}/{database}{query}")
 }
 
+/// `url` with `application_name` set to `name`, which tells a process's backends apart in
+/// `pg_stat_activity`.
+pub fn with_application_name(url: &str, name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
+}
+
 /// Creates the migrated template database once per migration set; returns its name.
 async fn ensure_template(server: &str) -> String {
     static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
